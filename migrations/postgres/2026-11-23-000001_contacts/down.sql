@@ -1,0 +1,2 @@
+DROP TABLE request_ids;
+DROP TABLE contacts;

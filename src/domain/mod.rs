@@ -1,0 +1,150 @@
+//! Validated types and rules of the resources: a value that got past parsing
+//! here is valid, and the store never checks it again. No tonic, no diesel.
+
+pub mod contact;
+pub mod custom_fields;
+pub mod rich_text;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Reason, Violation};
+
+/// Limit of names, subjects and most short texts, in characters.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// Collects the violations of one request, under a field prefix (such as
+/// `contact.` or `requests[3].contact.`), so every problem is reported at once.
+#[derive(Debug, Default)]
+pub struct Check {
+    prefix: String,
+    violations: Vec<Violation>,
+}
+
+impl Check {
+    /// A check whose field paths start with `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Check { prefix: prefix.into(), violations: Vec::new() }
+    }
+
+    /// Records a violation of `field` (relative to the prefix).
+    pub fn fail(&mut self, field: impl AsRef<str>, reason: Reason, description: impl Into<String>) {
+        self.violations.push(Violation::new(format!("{}{}", self.prefix, field.as_ref()), reason, description));
+    }
+
+    /// The full path of `field`.
+    pub fn path(&self, field: &str) -> String {
+        format!("{}{field}", self.prefix)
+    }
+
+    /// A required text: trimmed, 1 to `max` characters.
+    pub fn required_text(&mut self, field: &str, value: &str, max: usize) -> String {
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            let path = self.path(field);
+            self.fail(field, Reason::FieldRequired, format!("{path} is required and must not be blank."));
+        } else {
+            self.max_chars(field, trimmed, max);
+        }
+        trimmed.to_string()
+    }
+
+    /// An optional text: trimmed, at most `max` characters.
+    pub fn optional_text(&mut self, field: &str, value: &str, max: usize) -> String {
+        let trimmed = value.trim();
+        self.max_chars(field, trimmed, max);
+        trimmed.to_string()
+    }
+
+    fn max_chars(&mut self, field: &str, value: &str, max: usize) {
+        let count = value.chars().count();
+        if count > max {
+            let path = self.path(field);
+            self.fail(
+                field,
+                Reason::FieldInvalid,
+                format!("{path} has {count} characters; at most {max} are allowed."),
+            );
+        } else if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            let path = self.path(field);
+            self.fail(field, Reason::FieldInvalid, format!("{path} contains control characters."));
+        }
+    }
+
+    /// At most `max` items in a repeated field.
+    pub fn max_items(&mut self, field: &str, count: usize, max: usize) -> bool {
+        if count > max {
+            let path = self.path(field);
+            self.fail(field, Reason::FieldInvalid, format!("{path} has {count} items; at most {max} are allowed."));
+            return false;
+        }
+        true
+    }
+
+    /// `value` if no violation was recorded, else every violation.
+    pub fn finish<T>(self, value: T) -> Result<T, Error> {
+        if self.violations.is_empty() { Ok(value) } else { Err(Error::Invalid(self.violations)) }
+    }
+}
+
+/// Parses a resource id: a UUID, in its canonical lower-case form. An id that
+/// is not a UUID cannot exist, so it is reported as `NOT_FOUND` by callers
+/// that look it up, and as `FIELD_INVALID` where the caller chooses it.
+pub fn parse_id(value: &str) -> Option<String> {
+    uuid::Uuid::parse_str(value.trim()).ok().map(|u| u.hyphenated().to_string())
+}
+
+/// A new resource id: a UUIDv7, ordered by creation time.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().hyphenated().to_string()
+}
+
+/// The etag of a resource at a revision: opaque to callers, changes with
+/// every revision.
+pub fn etag(id: &str, revision: i64) -> String {
+    let digest = Sha256::digest(format!("{id}/{revision}").as_bytes());
+    format!("\"{}\"", hex::encode(&digest[..8]))
+}
+
+/// Parses an optional `request_id`: empty or a UUID.
+pub fn parse_request_id(check: &mut Check, field: &str, value: &str) -> Option<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    match parse_id(value) {
+        Some(id) => Some(id),
+        None => {
+            let path = check.path(field);
+            check.fail(field, Reason::FieldInvalid, format!("{path} must be a UUID, such as one made by uuidgen."));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_trimmed_and_bounded() {
+        let mut check = Check::new("contact.");
+        assert_eq!(check.required_text("display_name", "  Ada  ", 255), "Ada");
+        check.required_text("given_name", "   ", 255);
+        check.optional_text("job_title", &"x".repeat(256), 255);
+        check.optional_text("organization", &"é".repeat(255), 255);
+        let Err(Error::Invalid(violations)) = check.finish(()) else { panic!("expected violations") };
+        let fields: Vec<_> = violations.iter().map(|v| (v.field.as_str(), v.reason)).collect();
+        assert_eq!(
+            fields,
+            vec![("contact.given_name", Reason::FieldRequired), ("contact.job_title", Reason::FieldInvalid)]
+        );
+    }
+
+    #[test]
+    fn ids_are_canonical_uuids() {
+        let id = new_id();
+        assert_eq!(parse_id(&id.to_uppercase()), Some(id.clone()));
+        assert_eq!(parse_id("42"), None);
+        assert_ne!(etag(&id, 1), etag(&id, 2));
+    }
+}

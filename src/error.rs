@@ -1,0 +1,270 @@
+//! The one error type of agenda and the single place where it becomes a
+//! `tonic::Status` with `google.rpc` details (AIP-193).
+//!
+//! Which error belongs where: the domain reports invalid input as field
+//! violations, the store reports `NotFound`, `Duplicate`, `EtagMismatch` and
+//! database failures, auth reports `Unauthenticated` and `PermissionDenied`.
+//! Nothing here ever puts SQL, a file path or another tenant's data into the
+//! message a caller sees: internal causes are logged and replaced.
+
+use std::{collections::HashMap, fmt, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every agenda error.
+pub const DOMAIN: &str = "agenda";
+
+/// The machine-readable reasons of API.md §3, sent as `ErrorInfo.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    TokenMissing,
+    TokenInvalid,
+    TokenExpired,
+    ScopeMissing,
+    NotEditable,
+    NotAuthor,
+    FieldInvalid,
+    FieldRequired,
+    FieldOutputOnly,
+    FieldUnknown,
+    FilterInvalid,
+    OrderByInvalid,
+    PageTokenInvalid,
+    TooMany,
+    NotFound,
+    Duplicate,
+    EtagMismatch,
+    InUse,
+    Cycle,
+    RequestIdReused,
+    NotDeleted,
+    CursorExpired,
+    Overloaded,
+    DatabaseUnavailable,
+    MethodUnknown,
+    Internal,
+}
+
+impl Reason {
+    /// The reason as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TokenMissing => "TOKEN_MISSING",
+            Reason::TokenInvalid => "TOKEN_INVALID",
+            Reason::TokenExpired => "TOKEN_EXPIRED",
+            Reason::ScopeMissing => "SCOPE_MISSING",
+            Reason::NotEditable => "NOT_EDITABLE",
+            Reason::NotAuthor => "NOT_AUTHOR",
+            Reason::FieldInvalid => "FIELD_INVALID",
+            Reason::FieldRequired => "FIELD_REQUIRED",
+            Reason::FieldOutputOnly => "FIELD_OUTPUT_ONLY",
+            Reason::FieldUnknown => "FIELD_UNKNOWN",
+            Reason::FilterInvalid => "FILTER_INVALID",
+            Reason::OrderByInvalid => "ORDER_BY_INVALID",
+            Reason::PageTokenInvalid => "PAGE_TOKEN_INVALID",
+            Reason::TooMany => "TOO_MANY",
+            Reason::NotFound => "NOT_FOUND",
+            Reason::Duplicate => "DUPLICATE",
+            Reason::EtagMismatch => "ETAG_MISMATCH",
+            Reason::InUse => "IN_USE",
+            Reason::Cycle => "CYCLE",
+            Reason::RequestIdReused => "REQUEST_ID_REUSED",
+            Reason::NotDeleted => "NOT_DELETED",
+            Reason::CursorExpired => "CURSOR_EXPIRED",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            Reason::MethodUnknown => "METHOD_UNKNOWN",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One invalid field of a request: becomes a `BadRequest` field violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field path, e.g. `contact.emails[2].address`.
+    pub field: String,
+    /// Why it is invalid.
+    pub reason: Reason,
+    /// A sentence a person can act on.
+    pub description: String,
+}
+
+impl Violation {
+    /// A violation of `field` for `reason`.
+    pub fn new(field: impl Into<String>, reason: Reason, description: impl Into<String>) -> Self {
+        Self { field: field.into(), reason, description: description.into() }
+    }
+}
+
+/// Everything that can go wrong in a call.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller is not authenticated (token missing, invalid or expired).
+    #[error("{message}")]
+    Unauthenticated { reason: Reason, message: String },
+    /// The caller is authenticated but may not do this.
+    #[error("{message}")]
+    PermissionDenied { reason: Reason, message: String, metadata: Vec<(&'static str, String)> },
+    /// The request is invalid; at least one violation.
+    #[error("the request is invalid: {}", .0.first().map(|v| v.description.as_str()).unwrap_or("invalid input"))]
+    Invalid(Vec<Violation>),
+    /// The resource does not exist in the caller's tenant.
+    #[error("{resource} {id:?} does not exist")]
+    NotFound { resource: &'static str, id: String },
+    /// A unique value is taken.
+    #[error("{message}")]
+    Duplicate { resource: &'static str, field: &'static str, message: String },
+    /// The etag sent is not the resource's current one.
+    #[error("{resource} {id:?} was changed since its etag was read")]
+    EtagMismatch { resource: &'static str, id: String },
+    /// The system is not in the state the call needs.
+    #[error("{message}")]
+    FailedPrecondition { reason: Reason, subject: String, message: String },
+    /// The server is shedding load.
+    #[error("the server is overloaded; retry with backoff")]
+    Overloaded,
+    /// The RPC is not part of the contract.
+    #[error("method {0} is not part of this service")]
+    UnknownMethod(String),
+    /// The RPC is in the contract but this build does not serve it yet.
+    #[error("{0} is not available in this version")]
+    NotServedYet(&'static str),
+    /// The database could not be reached or failed; retryable. The cause is
+    /// logged, never sent.
+    #[error("database unavailable: {0}")]
+    Database(String),
+    /// A bug or an unexpected state. The cause is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The result type of agenda.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An invalid request with a single violation.
+    pub fn invalid(field: impl Into<String>, reason: Reason, description: impl Into<String>) -> Self {
+        Error::Invalid(vec![Violation::new(field, reason, description)])
+    }
+
+    /// The reason of this error, as sent in `ErrorInfo`.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::Unauthenticated { reason, .. }
+            | Error::PermissionDenied { reason, .. }
+            | Error::FailedPrecondition { reason, .. } => *reason,
+            Error::Invalid(violations) => violations.first().map_or(Reason::FieldInvalid, |v| v.reason),
+            Error::NotFound { .. } => Reason::NotFound,
+            Error::Duplicate { .. } => Reason::Duplicate,
+            Error::EtagMismatch { .. } => Reason::EtagMismatch,
+            Error::Overloaded => Reason::Overloaded,
+            Error::UnknownMethod(_) | Error::NotServedYet(_) => Reason::MethodUnknown,
+            Error::Database(_) => Reason::DatabaseUnavailable,
+            Error::Internal(_) => Reason::Internal,
+        }
+    }
+
+    /// Prefixes every violation's field path, e.g. with `requests[3].`.
+    pub fn prefixed(self, prefix: &str) -> Self {
+        match self {
+            Error::Invalid(violations) => Error::Invalid(
+                violations.into_iter().map(|v| Violation { field: format!("{prefix}{}", v.field), ..v }).collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(error: diesel::result::Error) -> Self {
+        Error::Database(error.to_string())
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        Error::Database(error.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let reason = error.reason().as_str();
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        let (code, message) = match error {
+            Error::Unauthenticated { message, .. } => (Code::Unauthenticated, message),
+            Error::PermissionDenied { message, metadata: extra, .. } => {
+                metadata.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+                (Code::PermissionDenied, message)
+            }
+            Error::Invalid(violations) => {
+                let message = match violations.as_slice() {
+                    [one] => one.description.clone(),
+                    [first, rest @ ..] => {
+                        format!("{} (and {} more problems)", first.description, rest.len())
+                    }
+                    [] => "The request is invalid.".to_string(),
+                };
+                if let Some(first) = violations.first() {
+                    metadata.insert("field".to_string(), first.field.clone());
+                }
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                (Code::InvalidArgument, message)
+            }
+            Error::NotFound { resource, id } => {
+                let message = format!("No {resource} with id {id:?} exists.");
+                metadata.insert("resource".to_string(), resource.to_string());
+                metadata.insert("id".to_string(), id);
+                (Code::NotFound, message)
+            }
+            Error::Duplicate { resource, field, message } => {
+                metadata.insert("resource".to_string(), resource.to_string());
+                metadata.insert("field".to_string(), field.to_string());
+                (Code::AlreadyExists, message)
+            }
+            Error::EtagMismatch { resource, id } => {
+                let message = format!(
+                    "The {resource} {id:?} was changed since you read it: read it again and retry with its new etag."
+                );
+                details.add_precondition_failure_violation("ETAG", format!("{resource}/{id}"), message.clone());
+                metadata.insert("resource".to_string(), resource.to_string());
+                metadata.insert("id".to_string(), id);
+                (Code::Aborted, message)
+            }
+            Error::FailedPrecondition { reason, subject, message } => {
+                details.add_precondition_failure_violation(reason.as_str(), subject, message.clone());
+                (Code::FailedPrecondition, message)
+            }
+            Error::Overloaded => {
+                details.set_retry_info(Some(Duration::from_millis(100)));
+                (Code::ResourceExhausted, "The server is overloaded; retry with backoff.".to_string())
+            }
+            Error::UnknownMethod(path) => (Code::Unimplemented, format!("The method {path} does not exist.")),
+            Error::NotServedYet(method) => {
+                (Code::Unimplemented, format!("{method} is part of the contract but not served by this version yet."))
+            }
+            Error::Database(cause) => {
+                tracing::error!(error = %cause, "database failure");
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, "The database is unavailable; retry with backoff.".to_string())
+            }
+            Error::Internal(cause) => {
+                tracing::error!(error = %cause, "internal error");
+                (Code::Internal, "An internal error occurred; it has been logged.".to_string())
+            }
+        };
+        details.set_error_info(reason, DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}

@@ -1,0 +1,13 @@
+//! agenda: a multi-tenant gRPC service for contacts, activities and tasks.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod devmode;
+pub mod domain;
+pub mod error;
+pub mod service;
+pub mod shutdown;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,63 @@
+//! The `agenda` binary: parses the command line, loads settings, sets up
+//! logging and runs `serve`, `migrate` or `token`.
+
+use std::process::ExitCode;
+
+use agenda::{
+    config::{Cli, Command, Settings},
+    devmode, shutdown,
+    startup::Application,
+    store::Db,
+    telemetry,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("agenda: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("agenda: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(options) => {
+            let mut settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
+            telemetry::init(settings.log_format);
+            let dev = devmode::ensure_key(&mut settings)?;
+            tracing::info!(?settings, "starting");
+            let app = Application::build(settings).await?;
+            tracing::info!(address = %app.local_addr(), "serving gRPC");
+            if let Some(dev) = &dev {
+                println!("{}", devmode::banner(dev, app.port()));
+            }
+            app.run_until_stopped(shutdown::signal()).await
+        }
+        Command::Migrate(options) => {
+            let settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
+            telemetry::init(settings.log_format);
+            Db::migrate(&settings.database).await?;
+            Ok(())
+        }
+        Command::Token(args) => {
+            let settings = Settings::resolve(args.options).map_err(anyhow::Error::msg)?;
+            let secret = devmode::signing_secret(&settings)?;
+            let token =
+                devmode::mint(&secret, &args.tenant, &args.sub, &args.scopes, args.ttl).map_err(anyhow::Error::msg)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Builds the server from settings and runs it: migrations, pools, the auth
+//! layer, health, reflection and the services. Tests drive it the same way
+//! with port 0 ([`Application::build`], then [`Application::port`]).
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{server::NamedService, transport::Server};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    api::{self, contact_service_server::ContactServiceServer},
+    auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
+    config::Settings,
+    service::contact::ContactApi,
+    store::Db,
+};
+
+/// How often the database is pinged for the health service.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The gRPC services whose health is reported besides the overall `""`.
+const SERVICES: &[&str] = &[<ContactServiceServer<ContactApi> as NamedService>::NAME];
+
+/// A built server, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    db: Db,
+    settings: Settings,
+    authorizer: Authorizer,
+}
+
+impl Application {
+    /// Migrates the database, opens the pools and binds the listen address.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let verifier = Verifier::new(&VerifierConfig {
+            hs256_secret: settings.auth_hs256_secret.clone(),
+            jwks_file: settings.auth_jwks_file.clone(),
+            issuer: settings.auth_issuer.clone(),
+            audience: settings.auth_audience.clone(),
+        })
+        .map_err(anyhow::Error::msg)?;
+        let scopes = ScopeMap::from_descriptor_set(api::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+        Db::migrate(&settings.database).await?;
+        let db = Db::connect(&settings.database, settings.database_pool_size)?;
+        let listener = TcpListener::bind(settings.listen).await?;
+        let addr = listener.local_addr()?;
+        Ok(Application { listener, addr, db, settings, authorizer: Authorizer::new(verifier, scopes) })
+    }
+
+    /// The port the server listens on (the real one when 0 was asked for).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes, then drains: health turns
+    /// NOT_SERVING, new connections are refused, and in-flight calls get the
+    /// grace period to finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        set_all(&reporter, ServingStatus::Serving).await;
+        let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone()));
+
+        let reflection_v1 = reflection_builder().build_v1()?;
+        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), self.settings.retention));
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(AuthLayer::new(self.authorizer))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(contacts)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+
+        tokio::select! {
+            result = &mut server => {
+                monitor.abort();
+                return Ok(result?);
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(grace = ?self.settings.shutdown_grace, "shutting down: draining in-flight calls");
+        monitor.abort();
+        set_all(&reporter, ServingStatus::NotServing).await;
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.settings.shutdown_grace, server).await {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!("the grace period ended before every call finished; ending the rest")
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for service in SERVICES {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Reports NOT_SERVING while the database does not answer, SERVING again once it does.
+async fn monitor_health(db: Db, reporter: HealthReporter) {
+    let mut serving = true;
+    let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let up = db.ping().await;
+        if up != serving {
+            serving = up;
+            if up {
+                tracing::info!("the database answers again: SERVING");
+                set_all(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("the database does not answer: NOT_SERVING");
+                set_all(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}

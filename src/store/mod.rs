@@ -1,0 +1,263 @@
+//! Persistence: the connection pools of both backends, the one way queries are
+//! written for both (the [`dispatch!`] macro over [`Conn`]), transactions and
+//! migrations. One module per resource holds that resource's queries.
+
+pub mod contact;
+pub mod request_id;
+pub mod schema;
+pub mod sql_types;
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use diesel::{ConnectionError, ConnectionResult, SqliteConnection};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig,
+        deadpool::{Object, Pool},
+    },
+    sync_connection_wrapper::SyncConnectionWrapper,
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures::FutureExt;
+
+use crate::{
+    config::Database,
+    error::{Error, Result},
+};
+
+/// An async SQLite connection (diesel's sync connection on a blocking thread).
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// How long a call waits for a pooled connection before it is UNAVAILABLE.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long SQLite waits for a lock before it reports "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// Arbitrary key of the advisory lock that serializes migrations of replicas.
+const PG_MIGRATION_LOCK: i64 = 0x6167_656e_6461;
+
+/// A connection of either backend, borrowed for one query or transaction.
+/// Store functions take `&mut Conn` so they run inside or outside a transaction.
+pub enum Conn<'a> {
+    /// PostgreSQL.
+    Pg(&'a mut AsyncPgConnection),
+    /// SQLite.
+    Sqlite(&'a mut SqliteConn),
+}
+
+impl Conn<'_> {
+    /// Whether this is a PostgreSQL connection.
+    pub fn is_pg(&self) -> bool {
+        matches!(self, Conn::Pg(_))
+    }
+}
+
+/// Expands the same query body once per backend, with `$c` bound to the
+/// concrete connection, so one diesel query serves PostgreSQL and SQLite.
+#[macro_export]
+macro_rules! dispatch {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::Conn::Pg(inner) => {
+                let $c: &mut ::diesel_async::AsyncPgConnection = &mut **inner;
+                $body
+            }
+            $crate::store::Conn::Sqlite(inner) => {
+                let $c: &mut $crate::store::SqliteConn = &mut **inner;
+                $body
+            }
+        }
+    };
+}
+
+/// The future a transaction body returns.
+pub type TxFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// The database of a running server: a pool per backend. SQLite has one
+/// writer connection (SQLite allows one writer at a time; a single writer
+/// never meets "database is locked" mid-transaction) and a pool of readers.
+#[derive(Clone)]
+pub enum Db {
+    /// PostgreSQL.
+    Pg(Pool<AsyncPgConnection>),
+    /// SQLite.
+    Sqlite {
+        /// The one connection that writes.
+        writer: Pool<SqliteConn>,
+        /// Connections that only read.
+        readers: Pool<SqliteConn>,
+    },
+}
+
+/// A pooled connection, returned to its pool when dropped.
+pub enum Pooled {
+    /// PostgreSQL.
+    Pg(Object<AsyncPgConnection>),
+    /// SQLite.
+    Sqlite(Object<SqliteConn>),
+}
+
+impl Pooled {
+    /// The connection, for store functions.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Pg(object) => Conn::Pg(&mut **object),
+            Pooled::Sqlite(object) => Conn::Sqlite(&mut **object),
+        }
+    }
+}
+
+impl Db {
+    /// Opens pools for `database` (nothing is connected until first use).
+    pub fn connect(database: &Database, pool_size: usize) -> Result<Db> {
+        match database {
+            Database::Postgres(url) => {
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+                let pool = Pool::builder(manager)
+                    .max_size(pool_size)
+                    .wait_timeout(Some(POOL_WAIT))
+                    .create_timeout(Some(POOL_WAIT))
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| Error::Internal(format!("building the PostgreSQL pool: {e}")))?;
+                Ok(Db::Pg(pool))
+            }
+            Database::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
+                }
+                let url = path.to_string_lossy().into_owned();
+                let build = |size: usize| {
+                    let mut config = ManagerConfig::<SqliteConn>::default();
+                    config.custom_setup = Box::new(|url| establish_sqlite(url.to_string()).boxed());
+                    let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url.clone(), config);
+                    Pool::builder(manager)
+                        .max_size(size)
+                        .wait_timeout(Some(POOL_WAIT))
+                        .create_timeout(Some(POOL_WAIT))
+                        .runtime(deadpool::Runtime::Tokio1)
+                        .build()
+                        .map_err(|e| Error::Internal(format!("building the SQLite pool: {e}")))
+                };
+                Ok(Db::Sqlite { writer: build(1)?, readers: build(pool_size.max(2))? })
+            }
+        }
+    }
+
+    /// Whether this is PostgreSQL.
+    pub fn is_pg(&self) -> bool {
+        matches!(self, Db::Pg(_))
+    }
+
+    /// A connection for reads outside a transaction.
+    pub async fn read(&self) -> Result<Pooled> {
+        Ok(match self {
+            Db::Pg(pool) => Pooled::Pg(pool.get().await?),
+            Db::Sqlite { readers, .. } => Pooled::Sqlite(readers.get().await?),
+        })
+    }
+
+    /// Runs `body` in one transaction: committed when it returns `Ok`, rolled
+    /// back when it returns `Err` (or when the call is cancelled).
+    pub async fn write<T, F>(&self, body: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
+    {
+        match self {
+            Db::Pg(pool) => {
+                let mut object = pool.get().await?;
+                let conn: &mut AsyncPgConnection = &mut object;
+                conn.transaction(async move |tx: &mut AsyncPgConnection| {
+                    let mut conn = Conn::Pg(tx);
+                    body(&mut conn).await
+                })
+                .await
+            }
+            Db::Sqlite { writer, .. } => {
+                let mut object = writer.get().await?;
+                let conn: &mut SqliteConn = &mut object;
+                conn.transaction(async move |tx: &mut SqliteConn| {
+                    let mut conn = Conn::Sqlite(tx);
+                    body(&mut conn).await
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        let ping = async {
+            let mut pooled = self.read().await?;
+            let mut conn = pooled.conn();
+            dispatch!(&mut conn, |c| c.batch_execute("SELECT 1").await)?;
+            Ok::<_, Error>(())
+        };
+        matches!(tokio::time::timeout(Duration::from_secs(3), ping).await, Ok(Ok(())))
+    }
+
+    /// Applies pending migrations. Replicas starting together on PostgreSQL
+    /// take turns through an advisory lock.
+    pub async fn migrate(database: &Database) -> Result<()> {
+        match database {
+            Database::Postgres(url) => {
+                let mut conn = AsyncPgConnection::establish(url).await.map_err(connection_error)?;
+                diesel::sql_query(format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})")).execute(&mut conn).await?;
+                let mut harness = AsyncMigrationHarness::new(conn);
+                let applied = harness
+                    .run_pending_migrations(PG_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(|e| Error::Database(format!("migrating PostgreSQL: {e}")));
+                let mut conn = harness.into_inner();
+                diesel::sql_query(format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})")).execute(&mut conn).await?;
+                tracing::info!(applied = applied?, "PostgreSQL migrations done");
+            }
+            Database::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
+                }
+                let conn = establish_sqlite(path.to_string_lossy().into_owned()).await.map_err(connection_error)?;
+                let mut harness = AsyncMigrationHarness::new(conn);
+                let applied = harness
+                    .run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map(|v| v.len())
+                    .map_err(|e| Error::Database(format!("migrating SQLite: {e}")))?;
+                tracing::info!(applied, "SQLite migrations done");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn connection_error(error: ConnectionError) -> Error {
+    Error::Database(format!("connecting: {error}"))
+}
+
+/// Opens a SQLite connection set up for concurrent use: the busy timeout
+/// first (so setting WAL cannot fail on a locked file), then WAL.
+async fn establish_sqlite(path: String) -> ConnectionResult<SqliteConn> {
+    let mut conn = SqliteConn::establish(&path).await?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+    ))
+    .await
+    .map_err(ConnectionError::CouldntSetupConfiguration)?;
+    Ok(conn)
+}
+
+/// Microseconds since the Unix epoch, the unit of every stored time.
+pub fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// Whether a diesel error is a unique-constraint violation.
+pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
+    matches!(error, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+}
