@@ -154,14 +154,18 @@ impl ContactApi {
                 format!("ids names {} contacts; at most {MAX_BATCH_GET} are allowed.", ids.len()),
             ));
         }
+        let parsed = ids.iter().map(|raw| parse_id(raw).ok_or_else(|| not_found(raw))).collect::<Result<Vec<_>>>()?;
+        let mut unique = parsed.clone();
+        unique.sort();
+        unique.dedup();
         let mut pooled = self.db.read().await?;
-        let mut conn = pooled.conn();
-        let mut contacts = Vec::with_capacity(ids.len());
-        for raw in ids {
-            let id = parse_id(raw).ok_or_else(|| not_found(raw))?;
-            contacts.push(store::contact::get(&mut conn, &caller.tenant, &id, false).await?);
-        }
-        Ok(contacts)
+        let found = store::contact::find_many(&mut pooled.conn(), &caller.tenant, &unique).await?;
+        let by_id: std::collections::HashMap<&str, &Contact> = found.iter().map(|c| (c.id.as_str(), c)).collect();
+        parsed
+            .iter()
+            .zip(ids)
+            .map(|(id, raw)| by_id.get(id.as_str()).map(|c| (*c).clone()).ok_or_else(|| not_found(raw)))
+            .collect()
     }
 }
 
@@ -194,7 +198,7 @@ pub fn to_proto(contact: Contact) -> api::Contact {
             .collect(),
         phones: f.phones.into_iter().map(|p| api::PhoneNumber { number: p.number, label: p.label }).collect(),
         external_id: f.external_id.unwrap_or_default(),
-        notes: (!f.notes.raw.is_empty()).then(|| api::RichText {
+        notes: (!f.notes.raw.is_empty()).then_some(api::RichText {
             format: f.notes.format as i32,
             raw: f.notes.raw,
             html: f.notes.html,

@@ -184,3 +184,16 @@ pub async fn replace(conn: &mut Conn<'_>, contact: &Contact) -> Result<Contact> 
         Err(e) => Err(e.into()),
     }
 }
+
+/// The contacts of `tenant` among `ids`, in one query; missing ones are left out.
+pub async fn find_many(conn: &mut Conn<'_>, tenant: &str, ids: &[String]) -> Result<Vec<Contact>> {
+    let rows: Vec<ContactRow> = dispatch!(conn, |c| {
+        contacts::table
+            .filter(contacts::tenant_id.eq(tenant))
+            .filter(contacts::id.eq_any(ids))
+            .select(ContactRow::as_select())
+            .load(c)
+            .await?
+    });
+    rows.into_iter().map(ContactRow::into_domain).collect()
+}

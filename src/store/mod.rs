@@ -93,6 +93,8 @@ pub enum Db {
 }
 
 /// A pooled connection, returned to its pool when dropped.
+// Lives briefly on one call's stack; boxing would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub enum Pooled {
     /// PostgreSQL.
     Pg(Object<AsyncPgConnection>),
@@ -104,8 +106,8 @@ impl Pooled {
     /// The connection, for store functions.
     pub fn conn(&mut self) -> Conn<'_> {
         match self {
-            Pooled::Pg(object) => Conn::Pg(&mut **object),
-            Pooled::Sqlite(object) => Conn::Sqlite(&mut **object),
+            Pooled::Pg(object) => Conn::Pg(object),
+            Pooled::Sqlite(object) => Conn::Sqlite(object),
         }
     }
 }

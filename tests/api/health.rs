@@ -1,0 +1,109 @@
+//! Health and reflection: served without a token.
+
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::helpers::{Backend, spawn_app};
+
+on_both_backends!(health_is_serving_overall_and_per_service, reflection_v1_and_v1alpha_list_the_services);
+
+async fn health_is_serving_overall_and_per_service(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in ["", "agenda.v1.ContactService"] {
+        let response =
+            health.check(HealthCheckRequest { service: service.to_string() }).await.expect("health check").into_inner();
+        assert_eq!(response.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let status = health.check(HealthCheckRequest { service: "nope.Service".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+async fn reflection_v1_and_v1alpha_list_the_services(backend: Backend) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let app = spawn_app(backend).await;
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter(vec![request])).await.expect("reflection v1").into_inner();
+    let response = stream.message().await.expect("message").expect("a response");
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response
+    else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["agenda.v1.ContactService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+
+    // The contract's scopes are reachable the way grpcurl reaches them: the
+    // file holding ContactService, then each dependency by file name.
+    let mut pool = prost_reflect::DescriptorPool::new();
+    let mut pending = reflect_files(
+        &mut client,
+        v1::server_reflection_request::MessageRequest::FileContainingSymbol("agenda.v1.ContactService".into()),
+    )
+    .await;
+    while let Some((file, bytes)) = pending.pop() {
+        if pool.get_file_by_name(file.name()).is_some() {
+            continue;
+        }
+        let missing: Vec<String> =
+            file.dependency.iter().filter(|d| pool.get_file_by_name(d).is_none()).cloned().collect();
+        if missing.is_empty() {
+            // Decoded by prost-reflect from the bytes, so custom options survive.
+            pool.decode_file_descriptor_proto(bytes.as_slice()).expect("a valid file");
+            continue;
+        }
+        pending.push((file, bytes));
+        for name in missing {
+            if !pending.iter().any(|(f, _)| f.name() == name) {
+                let request = v1::server_reflection_request::MessageRequest::FileByFilename(name);
+                pending.extend(reflect_files(&mut client, request).await);
+            }
+        }
+    }
+    let method = pool
+        .get_service_by_name("agenda.v1.ContactService")
+        .and_then(|s| s.methods().find(|m| m.name() == "CreateContact"))
+        .expect("CreateContact");
+    let extension = pool.get_extension_by_name("agenda.v1.required_scope").expect("the scope option");
+    assert_eq!(method.options().get_extension(&extension).as_str(), Some("contacts.write"));
+
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        alpha.server_reflection_info(tokio_stream::iter(vec![request])).await.expect("reflection v1alpha").into_inner();
+    let response = stream.message().await.expect("message").expect("a response");
+    assert!(matches!(
+        response.message_response,
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(_))
+    ));
+}
+
+async fn reflect_files(
+    client: &mut tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient<tonic::transport::Channel>,
+    message: tonic_reflection::pb::v1::server_reflection_request::MessageRequest,
+) -> Vec<(prost_types::FileDescriptorProto, Vec<u8>)> {
+    use tonic_reflection::pb::v1;
+    let request = v1::ServerReflectionRequest { host: String::new(), message_request: Some(message) };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter(vec![request])).await.expect("reflection v1").into_inner();
+    let response = stream.message().await.expect("message").expect("a response");
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = response.message_response
+    else {
+        panic!("unexpected reflection response: {response:?}");
+    };
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| (prost::Message::decode(bytes.as_slice()).expect("file descriptor"), bytes.clone()))
+        .collect()
+}

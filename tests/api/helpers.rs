@@ -1,0 +1,348 @@
+//! The harness: a real agenda server in-process on port 0, on a fresh
+//! database of either backend, and real tonic clients. PostgreSQL tests run
+//! against a private cluster that the harness starts once per test run from
+//! the installed server binaries, with one database per test copied from a
+//! migrated template.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use agenda::{
+    api::contact_service_client::ContactServiceClient,
+    config::{Options, Settings},
+    startup::Application,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::{ErrorInfo, StatusExt};
+
+/// The HS256 secret every test server accepts.
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite in a temporary folder.
+    Sqlite,
+    /// The harness's private PostgreSQL cluster.
+    Postgres,
+}
+
+/// Whether `AGENDA_TEST_BACKENDS` (comma-separated; default both) runs this backend.
+pub fn enabled(backend: Backend) -> bool {
+    let name = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    match std::env::var("AGENDA_TEST_BACKENDS") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|b| b.trim() == name),
+        _ => true,
+    }
+}
+
+/// A running test server; stopped when dropped.
+pub struct TestApp {
+    /// The backend it runs on.
+    pub backend: Backend,
+    /// A channel to it.
+    pub channel: Channel,
+    /// Its database URL (sqlite://… or postgres://…).
+    pub database_url: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A server on `backend` with the default test settings.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// A server on `backend`, with settings adjusted by `adjust`.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Options)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("agenda.db").display()),
+        Backend::Postgres => postgres().new_database().await,
+    };
+    let mut options = Options {
+        database_url: Some(database_url.clone()),
+        data_dir: Some(dir.path().to_path_buf()),
+        database_pool_size: Some(4),
+        listen: Some("127.0.0.1:0".parse().expect("address")),
+        metrics_listen: Some("127.0.0.1:0".parse().expect("address")),
+        auth_hs256_secret: Some(SECRET.to_string()),
+        shutdown_grace: Some(Duration::from_secs(5)),
+        ..Options::default()
+    };
+    adjust(&mut options);
+    let settings = Settings::resolve(options).expect("test settings resolve");
+    let app = Application::build(settings).await.expect("server builds");
+    let endpoint = format!("http://127.0.0.1:{}", app.port());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(endpoint).expect("endpoint").connect_lazy();
+    TestApp { backend, channel, database_url, shutdown: Some(tx), server: Some(server), _dir: dir }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A contact client.
+pub type Contacts = ContactServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl TestApp {
+    /// A contact client sending `token` (none when `None`).
+    pub fn contacts_with(&self, token: Option<&str>) -> Contacts {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")));
+        ContactServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// A contact client for `tenant` with the contact scopes.
+    pub fn contacts(&self, tenant: &str) -> Contacts {
+        self.contacts_with(Some(&token(tenant, "contacts.write")))
+    }
+}
+
+/// An HS256 test token for `tenant`, subject `user-1`, with `scopes`, valid for an hour.
+pub fn token(tenant: &str, scopes: &str) -> String {
+    token_as(tenant, "user-1", scopes)
+}
+
+/// An HS256 test token for `tenant` and `sub`.
+pub fn token_as(tenant: &str, sub: &str, scopes: &str) -> String {
+    agenda::devmode::mint(SECRET, tenant, sub, scopes, Duration::from_secs(3600)).expect("token")
+}
+
+/// Asserts that `status` has `code` and an agenda ErrorInfo with `reason`, and returns the ErrorInfo.
+pub fn assert_error(status: &Status, code: Code, reason: &str) -> ErrorInfo {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().cloned().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "agenda");
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    info
+}
+
+/// The field of the first BadRequest violation of `status`.
+pub fn violation_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Counts rows of a table in the app's database (for "changes nothing" checks).
+pub async fn count_rows(app: &TestApp, table: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+    match app.backend {
+        Backend::Postgres => {
+            let mut conn = AsyncPgConnection::establish(&app.database_url).await.expect("connect");
+            diesel::sql_query(sql).get_result::<Count>(&mut conn).await.expect("count").n
+        }
+        Backend::Sqlite => {
+            let path = app.database_url.trim_start_matches("sqlite://").to_string();
+            let mut conn = agenda::store::SqliteConn::establish(&path).await.expect("connect");
+            diesel::sql_query(sql).get_result::<Count>(&mut conn).await.expect("count").n
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The private PostgreSQL cluster.
+
+/// A PostgreSQL cluster in a temporary folder, stopped by a watcher process
+/// when the test binary exits.
+pub struct PgCluster {
+    port: u16,
+    counter: AtomicUsize,
+}
+
+static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+const TEMPLATE: &str = "agenda_template";
+
+/// The cluster, started on first use.
+pub fn postgres() -> &'static PgCluster {
+    CLUSTER.get_or_init(|| {
+        // Started on its own thread: it runs migrations on a runtime of its own.
+        std::thread::spawn(PgCluster::start).join().expect("starting PostgreSQL panicked")
+    })
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("AGENDA_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).collect())
+        .unwrap_or_default();
+    versions.retain(|bin| bin.join("initdb").exists());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!(
+            "The PostgreSQL server binaries (initdb, pg_ctl) are not installed, so the PostgreSQL tests cannot run. \
+             Install them with `apt-get install -y postgresql` (./scripts/test does this when run as root), \
+             point AGENDA_TEST_PG_BIN at their folder, or set AGENDA_TEST_BACKENDS=sqlite to run SQLite only."
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// A command run as the `postgres` user when we are root (initdb refuses root).
+fn pg_command(bin: &Path, tool: &str) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        command
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn run(mut command: Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PgCluster {
+    // The reaper must outlive this process, so it is never waited on.
+    #[allow(clippy::zombie_processes)]
+    fn start() -> PgCluster {
+        let bin = pg_bin_dir();
+        let dir = tempfile::Builder::new().prefix("agenda-pg-").tempdir().expect("temp dir").keep();
+        let data = dir.join("data");
+        if is_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["-R", "postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown of the PostgreSQL folder",
+            );
+        }
+        let mut initdb = pg_command(&bin, "initdb");
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]);
+        run(initdb, "initdb");
+        let port = free_port();
+        let mut start = pg_command(&bin, "pg_ctl");
+        start
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("postgres.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+                 -c full_page_writes=off -c max_connections=400",
+                dir.display()
+            ))
+            .args(["-w", "start"]);
+        run(start, "pg_ctl start");
+
+        // Stop the cluster and remove its folder once this test process is gone.
+        let stop = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runuser} {pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            runuser = if is_root() { "runuser -u postgres --" } else { "" },
+            pg_ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        Command::new("sh")
+            .args(["-c", &stop])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the PostgreSQL reaper");
+
+        let cluster = PgCluster { port, counter: AtomicUsize::new(0) };
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut conn = AsyncPgConnection::establish(&cluster.url("postgres")).await.expect("connect to PostgreSQL");
+            diesel::sql_query(format!("CREATE DATABASE {TEMPLATE}")).execute(&mut conn).await.expect("create template");
+            agenda::store::Db::migrate(&agenda::config::Database::Postgres(cluster.url(TEMPLATE)))
+                .await
+                .expect("migrate the template database");
+        });
+        cluster
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A new database, a copy of the migrated template; returns its URL.
+    pub async fn new_database(&self) -> String {
+        let name = format!("test_{}_{}", std::process::id(), self.counter.fetch_add(1, Ordering::SeqCst));
+        let mut conn = AsyncPgConnection::establish(&self.url("postgres")).await.expect("connect to PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        self.url(&name)
+    }
+}
