@@ -13,6 +13,7 @@
 //! - `AGENDA_LOG_FORMAT`: `json` or `pretty` (default: pretty on a terminal, json otherwise); `RUST_LOG` filters.
 //! - `AGENDA_SHUTDOWN_GRACE`: how long in-flight calls may finish on SIGTERM (default 30s).
 //! - `AGENDA_RETENTION`: how long soft-deleted resources are kept (default 30d).
+//! - `AGENDA_PURGE_INTERVAL`: how often expired soft-deleted resources are purged (default 1m).
 
 use std::{
     fmt,
@@ -121,6 +122,10 @@ pub struct Options {
     #[arg(long, env = "AGENDA_RETENTION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub retention: Option<Duration>,
+    /// How often resources past their purge time are removed [default: 1m].
+    #[arg(long, env = "AGENDA_PURGE_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub purge_interval: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -181,6 +186,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Soft-delete retention.
     pub retention: Duration,
+    /// How often expired resources are purged.
+    pub purge_interval: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -198,6 +205,7 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("retention", &self.retention)
+            .field("purge_interval", &self.purge_interval)
             .finish()
     }
 }
@@ -238,6 +246,7 @@ impl Settings {
             log_format: pick!(log_format).unwrap_or_else(default_log_format),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(Duration::from_secs(30)),
             retention,
+            purge_interval: pick!(purge_interval).unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(10)),
         })
     }
 

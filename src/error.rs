@@ -116,12 +116,16 @@ pub enum Error {
     /// The request is invalid; at least one violation.
     #[error("the request is invalid: {}", .0.first().map(|v| v.description.as_str()).unwrap_or("invalid input"))]
     Invalid(Vec<Violation>),
-    /// The resource does not exist in the caller's tenant.
+    /// A filter, order_by or page_token that cannot be used.
+    #[error("{message}")]
+    Query { reason: Reason, field: &'static str, position: Option<usize>, message: String },
+    /// The resource does not exist in the caller's tenant. `field` names
+    /// where the id was sent when that helps (`requests[3].contact.id`).
     #[error("{resource} {id:?} does not exist")]
-    NotFound { resource: &'static str, id: String },
+    NotFound { resource: &'static str, id: String, field: Option<String> },
     /// A unique value is taken.
     #[error("{message}")]
-    Duplicate { resource: &'static str, field: &'static str, message: String },
+    Duplicate { resource: &'static str, field: String, message: String },
     /// The etag sent is not the resource's current one.
     #[error("{resource} {id:?} was changed since its etag was read")]
     EtagMismatch { resource: &'static str, id: String },
@@ -162,6 +166,7 @@ impl Error {
             | Error::PermissionDenied { reason, .. }
             | Error::FailedPrecondition { reason, .. } => *reason,
             Error::Invalid(violations) => violations.first().map_or(Reason::FieldInvalid, |v| v.reason),
+            Error::Query { reason, .. } => *reason,
             Error::NotFound { .. } => Reason::NotFound,
             Error::Duplicate { .. } => Reason::Duplicate,
             Error::EtagMismatch { .. } => Reason::EtagMismatch,
@@ -172,9 +177,24 @@ impl Error {
         }
     }
 
-    /// Prefixes every violation's field path, e.g. with `requests[3].`.
+    /// A resource that does not exist.
+    pub fn not_found(resource: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound { resource, id: id.into(), field: None }
+    }
+
+    /// Prefixes every field path of the error, e.g. with `requests[3].`, so
+    /// a batch error names the failing item.
     pub fn prefixed(self, prefix: &str) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
         match self {
+            Error::NotFound { resource, id, field } => {
+                Error::NotFound { resource, id, field: Some(format!("{prefix}{}", field.unwrap_or_default())) }
+            }
+            Error::Duplicate { resource, field, message } => {
+                Error::Duplicate { resource, field: format!("{prefix}{field}"), message }
+            }
             Error::Invalid(violations) => Error::Invalid(
                 violations.into_iter().map(|v| Violation { field: format!("{prefix}{}", v.field), ..v }).collect(),
             ),
@@ -222,15 +242,29 @@ impl From<Error> for Status {
                 }
                 (Code::InvalidArgument, message)
             }
-            Error::NotFound { resource, id } => {
-                let message = format!("No {resource} with id {id:?} exists.");
+            Error::Query { field, position, message, .. } => {
+                metadata.insert("field".to_string(), field.to_string());
+                if let Some(position) = position {
+                    metadata.insert("position".to_string(), position.to_string());
+                }
+                details.add_bad_request_violation(field, message.clone());
+                (Code::InvalidArgument, message)
+            }
+            Error::NotFound { resource, id, field } => {
+                let message = match &field {
+                    Some(field) => format!("No {resource} with id {id:?} exists ({field})."),
+                    None => format!("No {resource} with id {id:?} exists."),
+                };
                 metadata.insert("resource".to_string(), resource.to_string());
                 metadata.insert("id".to_string(), id);
+                if let Some(field) = field {
+                    metadata.insert("field".to_string(), field);
+                }
                 (Code::NotFound, message)
             }
             Error::Duplicate { resource, field, message } => {
                 metadata.insert("resource".to_string(), resource.to_string());
-                metadata.insert("field".to_string(), field.to_string());
+                metadata.insert("field".to_string(), field);
                 (Code::AlreadyExists, message)
             }
             Error::EtagMismatch { resource, id } => {

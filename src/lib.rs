@@ -6,6 +6,7 @@ pub mod config;
 pub mod devmode;
 pub mod domain;
 pub mod error;
+pub mod query;
 pub mod service;
 pub mod shutdown;
 pub mod startup;

@@ -67,6 +67,7 @@ impl Application {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&reporter, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone()));
+        let purger = tokio::spawn(purge_periodically(self.db.clone(), self.settings.purge_interval));
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -89,12 +90,14 @@ impl Application {
         tokio::select! {
             result = &mut server => {
                 monitor.abort();
+                purger.abort();
                 return Ok(result?);
             }
             () = shutdown => {}
         }
         tracing::info!(grace = ?self.settings.shutdown_grace, "shutting down: draining in-flight calls");
         monitor.abort();
+        purger.abort();
         set_all(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace, server).await {
@@ -141,6 +144,21 @@ async fn monitor_health(db: Db, reporter: HealthReporter) {
                 tracing::warn!("the database does not answer: NOT_SERVING");
                 set_all(&reporter, ServingStatus::NotServing).await;
             }
+        }
+    }
+}
+
+/// Purges expired soft-deleted resources every `interval`. Safe with many
+/// replicas: on PostgreSQL each row is taken by one of them (SKIP LOCKED).
+async fn purge_periodically(db: Db, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match db.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged expired rows"),
+            Err(error) => tracing::warn!(%error, "purge failed; will retry"),
         }
     }
 }

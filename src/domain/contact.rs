@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, MAX_NAME_CHARS, custom_fields, rich_text::RichText};
+use super::{Check, MAX_NAME_CHARS, Meta, custom_fields, rich_text::RichText};
 use crate::{api, error::Reason};
 
 /// Most emails and most phones of a contact.
@@ -155,26 +155,10 @@ fn parse_phones(check: &mut Check, phones: &[api::PhoneNumber]) -> Vec<Phone> {
 /// A stored contact: its fields and what the server keeps about them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contact {
-    /// The tenant.
-    pub tenant: String,
-    /// UUIDv7.
-    pub id: String,
+    /// Identity, revision, times, actors.
+    pub meta: Meta,
     /// The writable fields.
     pub fields: ContactFields,
-    /// 1 at create, +1 per change.
-    pub revision: i64,
-    /// Microseconds since the epoch.
-    pub create_time: i64,
-    /// Microseconds since the epoch.
-    pub update_time: i64,
-    /// Set while soft-deleted.
-    pub delete_time: Option<i64>,
-    /// When a soft-deleted contact is purged.
-    pub purge_time: Option<i64>,
-    /// Creator's `sub`.
-    pub created_by: String,
-    /// Last changer's `sub`.
-    pub updated_by: String,
 }
 
 #[cfg(test)]

@@ -105,6 +105,91 @@ pub fn etag(id: &str, revision: i64) -> String {
     format!("\"{}\"", hex::encode(&digest[..8]))
 }
 
+/// What the server keeps about every resource, whatever its kind: identity,
+/// revision, times and actors. The rules of revisions, etags and soft delete
+/// live here once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// The tenant.
+    pub tenant: String,
+    /// The id (a UUID).
+    pub id: String,
+    /// 1 at create, +1 per change.
+    pub revision: i64,
+    /// Microseconds since the epoch.
+    pub create_time: i64,
+    /// Microseconds since the epoch.
+    pub update_time: i64,
+    /// Set while soft-deleted.
+    pub delete_time: Option<i64>,
+    /// When a soft-deleted resource is purged.
+    pub purge_time: Option<i64>,
+    /// The creator's `sub`.
+    pub created_by: String,
+    /// The last changer's `sub`.
+    pub updated_by: String,
+}
+
+impl Meta {
+    /// A new resource's meta: revision 1, created now by `actor`.
+    pub fn new(tenant: &str, id: String, actor: &str, now: i64) -> Meta {
+        Meta {
+            tenant: tenant.to_string(),
+            id,
+            revision: 1,
+            create_time: now,
+            update_time: now,
+            delete_time: None,
+            purge_time: None,
+            created_by: actor.to_string(),
+            updated_by: actor.to_string(),
+        }
+    }
+
+    /// The current etag.
+    pub fn etag(&self) -> String {
+        etag(&self.id, self.revision)
+    }
+
+    /// `ABORTED ETAG_MISMATCH` unless `expected` is empty or current.
+    pub fn check_etag(&self, resource: &'static str, expected: &str) -> Result<(), Error> {
+        if !expected.is_empty() && expected != self.etag() {
+            return Err(Error::EtagMismatch { resource, id: self.id.clone() });
+        }
+        Ok(())
+    }
+
+    /// The next revision, changed by `actor` now.
+    pub fn next(&self, actor: &str, now: i64) -> Meta {
+        Meta { revision: self.revision + 1, update_time: now, updated_by: actor.to_string(), ..self.clone() }
+    }
+
+    /// Soft-deleted by `actor` now, purged after `retention_micros`; `None`
+    /// if it is deleted already (deleting again changes nothing).
+    pub fn deleted(&self, actor: &str, now: i64, retention_micros: i64) -> Option<Meta> {
+        if self.delete_time.is_some() {
+            return None;
+        }
+        Some(Meta {
+            delete_time: Some(now),
+            purge_time: Some(now.saturating_add(retention_micros)),
+            ..self.next(actor, now)
+        })
+    }
+
+    /// Restored by `actor` now; `FAILED_PRECONDITION NOT_DELETED` if it is not deleted.
+    pub fn undeleted(&self, resource: &'static str, actor: &str, now: i64) -> Result<Meta, Error> {
+        if self.delete_time.is_none() {
+            return Err(Error::FailedPrecondition {
+                reason: Reason::NotDeleted,
+                subject: format!("{resource}/{}", self.id),
+                message: format!("The {resource} {:?} is not deleted, so it cannot be undeleted.", self.id),
+            });
+        }
+        Ok(Meta { delete_time: None, purge_time: None, ..self.next(actor, now) })
+    }
+}
+
 /// Parses an optional `request_id`: empty or a UUID.
 pub fn parse_request_id(check: &mut Check, field: &str, value: &str) -> Option<String> {
     let value = value.trim();

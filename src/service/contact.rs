@@ -1,191 +1,430 @@
-//! `agenda.v1.ContactService`.
+//! `agenda.v1.ContactService`: converts requests, runs the shared machinery
+//! (masks, etags, request ids, lists, batches) and converts answers back.
+//! Each single write is the batch of one, so both behave the same.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::{apply_read_mask, request_hash, timestamp};
+use super::{
+    apply_read_mask,
+    mask::{MaskSpec, merge_update},
+    request_hash, timestamp,
+};
 use crate::{
     api::{self, contact_service_server::ContactService},
     auth::Principal,
     domain::{
-        Check,
+        Check, Meta,
         contact::{Contact, ContactFields},
-        custom_fields, etag, new_id, parse_id, parse_request_id,
+        custom_fields, new_id, parse_id, parse_request_id,
+        rich_text::RichText,
     },
     error::{Error, Reason, Result},
+    query::{ListParams, list},
     store::{
-        self, Db, now_micros,
+        self, Conn, Db,
+        contact::RESOURCE,
+        now_micros,
         request_id::{Claim, RequestKey},
     },
 };
 
 const MESSAGE: &str = "agenda.v1.Contact";
+/// The fields of a Contact that only the server sets.
+const MASKS: MaskSpec = MaskSpec {
+    message: MESSAGE,
+    output_only: &[
+        "revision",
+        "etag",
+        "create_time",
+        "update_time",
+        "delete_time",
+        "purge_time",
+        "created_by",
+        "updated_by",
+        "notes.html",
+    ],
+};
 /// Most ids of a BatchGet.
 const MAX_BATCH_GET: usize = 1000;
+/// Most items of a batch write.
+const MAX_BATCH_WRITE: usize = 500;
 
 /// The contact service.
 #[derive(Clone)]
 pub struct ContactApi {
     db: Db,
-    retention: Arc<Duration>,
+    retention_micros: i64,
+}
+
+/// Where a batch item's errors point: `requests[3].` in a batch, nothing for a single call.
+fn item_prefix(batch: bool, list: &str, index: usize) -> String {
+    if batch { format!("{list}[{index}].") } else { String::new() }
+}
+
+fn check_batch_size(count: usize, max: usize, field: &str) -> Result<()> {
+    if count == 0 {
+        return Err(Error::invalid(field, Reason::FieldRequired, format!("{field} must hold at least one item.")));
+    }
+    if count > max {
+        return Err(Error::invalid(
+            field,
+            Reason::TooMany,
+            format!("{field} has {count} items; at most {max} are allowed."),
+        ));
+    }
+    Ok(())
 }
 
 impl ContactApi {
     /// A service on `db` that keeps soft-deleted contacts for `retention`.
     pub fn new(db: Db, retention: Duration) -> Self {
-        ContactApi { db, retention: Arc::new(retention) }
+        ContactApi { db, retention_micros: i64::try_from(retention.as_micros()).unwrap_or(i64::MAX) }
     }
 
-    async fn create(&self, caller: Principal, mut request: api::CreateContactRequest) -> Result<Contact> {
-        let contact = request
-            .contact
-            .as_ref()
-            .ok_or_else(|| Error::invalid("contact", Reason::FieldRequired, "contact is required."))?;
-        let mut check = Check::new("contact.");
-        let fields = ContactFields::parse(&mut check, contact);
-        let mut check_id = Check::new("");
-        let request_id = parse_request_id(&mut check_id, "request_id", &request.request_id);
-        let fields = check.finish(fields)?;
-        check_id.finish(())?;
-
-        request.request_id.clear();
-        let hash = request_hash("CreateContact", &request);
+    /// Creates contacts, all or none; `batch` makes errors name `requests[i]`.
+    async fn create_many(
+        &self,
+        caller: Principal,
+        requests: Vec<api::CreateContactRequest>,
+        batch: bool,
+    ) -> Result<Vec<Contact>> {
         let now = now_micros();
-        let contact = Contact {
-            tenant: caller.tenant.clone(),
-            id: new_id(),
-            fields,
-            revision: 1,
-            create_time: now,
-            update_time: now,
-            delete_time: None,
-            purge_time: None,
-            created_by: caller.subject.clone(),
-            updated_by: caller.subject,
-        };
+        let mut contacts = Vec::with_capacity(requests.len());
+        let mut keys: Vec<(usize, RequestKey)> = Vec::new();
+        for (i, mut request) in requests.into_iter().enumerate() {
+            let prefix = item_prefix(batch, "requests", i);
+            let sent = request.contact.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    format!("{prefix}contact"),
+                    Reason::FieldRequired,
+                    format!("{prefix}contact is required."),
+                )
+            })?;
+            let mut check = Check::new(format!("{prefix}contact."));
+            let fields = ContactFields::parse(&mut check, sent);
+            let mut check_id = Check::new(prefix.clone());
+            let request_id = parse_request_id(&mut check_id, "request_id", &request.request_id);
+            let fields = check.finish(fields)?;
+            check_id.finish(())?;
+            let contact = Contact { meta: Meta::new(&caller.tenant, new_id(), &caller.subject, now), fields };
+            if let Some(request_id) = request_id {
+                if let Some((first, _)) = keys.iter().find(|(_, k)| k.request_id == request_id) {
+                    return Err(Error::invalid(
+                        format!("{prefix}request_id"),
+                        Reason::FieldInvalid,
+                        format!(
+                            "{prefix}request_id repeats the request_id of requests[{first}]; each item needs its own."
+                        ),
+                    ));
+                }
+                request.request_id.clear();
+                let request_hash = request_hash("CreateContact", &request);
+                keys.push((i, RequestKey { request_id, request_hash, resource_id: contact.meta.id.clone() }));
+            }
+            contacts.push(contact);
+        }
+        check_external_ids_unique(&contacts, batch)?;
+        let tenant = caller.tenant;
         self.db
             .write(move |c| {
                 Box::pin(async move {
-                    if let Some(request_id) = &request_id {
-                        let key = RequestKey {
-                            tenant: &contact.tenant,
-                            request_id,
-                            operation: "CreateContact",
-                            request_hash: &hash,
-                        };
-                        if let Claim::Replay(existing) = store::request_id::claim(c, &key, &contact.id, now).await? {
-                            return store::contact::get(c, &contact.tenant, &existing, false).await;
+                    let request_keys: Vec<RequestKey> = keys.iter().map(|(_, k)| k.clone()).collect();
+                    let claims = store::request_id::claim_many(c, &tenant, "CreateContact", &request_keys, now).await?;
+                    let mut replayed: HashMap<usize, String> = HashMap::new();
+                    for ((i, _), claim) in keys.iter().zip(claims) {
+                        if let Claim::Replay(id) = claim {
+                            replayed.insert(*i, id);
                         }
                     }
-                    store::contact::insert(c, &contact).await
+                    let new: Vec<Contact> = contacts
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !replayed.contains_key(i))
+                        .map(|(_, c)| c.clone())
+                        .collect();
+                    check_external_ids_free(c, &tenant, &contacts, &new, batch, "requests").await?;
+                    store::contact::insert_many(c, &new).await?;
+                    let replay_ids: Vec<String> = replayed.values().cloned().collect();
+                    let earlier = store::contact::find_many(c, &tenant, &replay_ids, false).await?;
+                    contacts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, contact)| match replayed.get(&i) {
+                            None => Ok(contact),
+                            Some(id) => earlier
+                                .iter()
+                                .find(|e| e.meta.id == *id)
+                                .cloned()
+                                .ok_or_else(|| Error::not_found(RESOURCE, id.clone())),
+                        })
+                        .collect()
                 })
             })
             .await
     }
 
-    async fn get(&self, caller: &Principal, id: &str) -> Result<Contact> {
-        let id = parse_id(id).ok_or_else(|| not_found(id))?;
-        let mut pooled = self.db.read().await?;
-        store::contact::get(&mut pooled.conn(), &caller.tenant, &id, false).await
-    }
-
-    async fn delete(&self, caller: Principal, id: &str, expected_etag: String) -> Result<Contact> {
-        let id = parse_id(id).ok_or_else(|| not_found(id))?;
-        let retention = i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
+    /// Updates (or, with allow_missing, creates) contacts, all or none.
+    async fn update_many(
+        &self,
+        caller: Principal,
+        requests: Vec<api::UpdateContactRequest>,
+        batch: bool,
+    ) -> Result<Vec<Contact>> {
+        let mut items = Vec::with_capacity(requests.len());
+        for (i, request) in requests.into_iter().enumerate() {
+            let prefix = item_prefix(batch, "requests", i);
+            let sent = request.contact.ok_or_else(|| {
+                Error::invalid(
+                    format!("{prefix}contact"),
+                    Reason::FieldRequired,
+                    format!("{prefix}contact is required."),
+                )
+            })?;
+            let id = match parse_id(&sent.id) {
+                Some(id) => id,
+                None if request.allow_missing || sent.id.trim().is_empty() => {
+                    return Err(Error::invalid(
+                        format!("{prefix}contact.id"),
+                        Reason::FieldInvalid,
+                        format!("{prefix}contact.id must be the UUID of the contact to update."),
+                    ));
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        resource: RESOURCE,
+                        id: sent.id.clone(),
+                        field: Some("contact.id".into()),
+                    }
+                    .prefixed(&prefix));
+                }
+            };
+            if let Some(comment) = &request.comment {
+                let mut check = Check::new(prefix.clone());
+                RichText::parse(&mut check, "comment", comment.format, &comment.raw);
+                check.finish(())?;
+            }
+            if let Some(first) = items.iter().position(
+                |(_, other, ..): &(String, String, api::Contact, Option<prost_types::FieldMask>, bool)| *other == id,
+            ) {
+                return Err(Error::invalid(
+                    format!("{prefix}contact.id"),
+                    Reason::FieldInvalid,
+                    format!("{prefix}contact.id repeats requests[{first}]; update each contact once per batch."),
+                ));
+            }
+            items.push((prefix, id, sent, request.update_mask, request.allow_missing));
+        }
         self.db
             .write(move |c| {
                 Box::pin(async move {
-                    let current = store::contact::get(c, &caller.tenant, &id, true).await?;
-                    check_etag(&current, &expected_etag)?;
-                    if current.delete_time.is_some() {
-                        return Ok(current);
-                    }
                     let now = now_micros();
-                    let deleted = Contact {
-                        revision: current.revision + 1,
-                        update_time: now,
-                        delete_time: Some(now),
-                        purge_time: Some(now.saturating_add(retention)),
-                        updated_by: caller.subject,
-                        ..current
-                    };
-                    store::contact::replace(c, &deleted).await
+                    let ids: Vec<String> = items.iter().map(|(_, id, ..)| id.clone()).collect();
+                    let current: HashMap<String, Contact> = store::contact::find_many(c, &caller.tenant, &ids, true)
+                        .await?
+                        .into_iter()
+                        .map(|contact| (contact.meta.id.clone(), contact))
+                        .collect();
+                    let mut results = Vec::with_capacity(items.len());
+                    let mut changed = Vec::new();
+                    for (prefix, id, sent, mask, allow_missing) in &items {
+                        let (base, meta) = match current.get(id) {
+                            Some(existing) => {
+                                existing.meta.check_etag(RESOURCE, &sent.etag)?;
+                                (to_proto(existing.clone()), existing.meta.next(&caller.subject, now))
+                            }
+                            None if *allow_missing => {
+                                (api::Contact::default(), Meta::new(&caller.tenant, id.clone(), &caller.subject, now))
+                            }
+                            None => {
+                                return Err(Error::NotFound {
+                                    resource: RESOURCE,
+                                    id: id.clone(),
+                                    field: Some("contact.id".into()),
+                                }
+                                .prefixed(prefix));
+                            }
+                        };
+                        let merged =
+                            merge_update(&MASKS, &base, sent, mask.as_ref()).map_err(|e| e.prefixed(prefix))?;
+                        let mut check = Check::new(format!("{prefix}contact."));
+                        let fields = ContactFields::parse(&mut check, &merged);
+                        let fields = check.finish(fields)?;
+                        match current.get(id) {
+                            Some(existing) if existing.fields == fields => results.push(existing.clone()),
+                            _ => {
+                                let contact = Contact { meta, fields };
+                                changed.push(contact.clone());
+                                results.push(contact);
+                            }
+                        }
+                    }
+                    check_external_ids_unique(&changed, batch)?;
+                    check_external_ids_free(c, &caller.tenant, &results, &changed, batch, "requests").await?;
+                    store::contact::write_many(c, &changed).await?;
+                    Ok(results)
                 })
             })
             .await
     }
 
-    async fn undelete(&self, caller: Principal, id: &str) -> Result<Contact> {
-        let id = parse_id(id).ok_or_else(|| not_found(id))?;
+    /// Soft-deletes contacts, all or none; each with an optional etag.
+    async fn delete_many(&self, caller: Principal, items: Vec<(String, String)>, batch: bool) -> Result<Vec<Contact>> {
+        let mut ids = Vec::with_capacity(items.len());
+        for (i, (raw, _)) in items.iter().enumerate() {
+            let field = if batch { Some(format!("ids[{i}]")) } else { None };
+            let id = parse_id(raw).ok_or_else(|| Error::NotFound {
+                resource: RESOURCE,
+                id: raw.clone(),
+                field: field.clone(),
+            })?;
+            if let Some(first) = ids.iter().position(|other| *other == id) {
+                return Err(Error::invalid(
+                    format!("ids[{i}]"),
+                    Reason::FieldInvalid,
+                    format!("ids[{i}] repeats ids[{first}]; name each contact once."),
+                ));
+            }
+            ids.push(id);
+        }
+        let retention = self.retention_micros;
         self.db
             .write(move |c| {
                 Box::pin(async move {
-                    let current = store::contact::get(c, &caller.tenant, &id, true).await?;
-                    if current.delete_time.is_none() {
-                        return Err(Error::FailedPrecondition {
-                            reason: Reason::NotDeleted,
-                            subject: format!("contact/{id}"),
-                            message: format!("The contact {id:?} is not deleted, so it cannot be undeleted."),
-                        });
+                    let now = now_micros();
+                    let current = store::contact::find_many(c, &caller.tenant, &ids, true).await?;
+                    let mut results = Vec::with_capacity(ids.len());
+                    let mut changed = Vec::new();
+                    for (i, (id, (raw, etag))) in ids.iter().zip(&items).enumerate() {
+                        let existing = current.iter().find(|c| c.meta.id == *id).ok_or_else(|| Error::NotFound {
+                            resource: RESOURCE,
+                            id: raw.clone(),
+                            field: batch.then(|| format!("ids[{i}]")),
+                        })?;
+                        existing.meta.check_etag(RESOURCE, etag)?;
+                        match existing.meta.deleted(&caller.subject, now, retention) {
+                            Some(meta) => {
+                                let contact = Contact { meta, fields: existing.fields.clone() };
+                                changed.push(contact.clone());
+                                results.push(contact);
+                            }
+                            None => results.push(existing.clone()),
+                        }
                     }
-                    let restored = Contact {
-                        revision: current.revision + 1,
-                        update_time: now_micros(),
-                        delete_time: None,
-                        purge_time: None,
-                        updated_by: caller.subject,
-                        ..current
-                    };
-                    store::contact::replace(c, &restored).await
+                    store::contact::write_many(c, &changed).await?;
+                    Ok(results)
                 })
             })
             .await
     }
 
-    async fn batch_get(&self, caller: &Principal, ids: &[String]) -> Result<Vec<Contact>> {
-        if ids.is_empty() {
-            return Err(Error::invalid("ids", Reason::FieldRequired, "ids must name at least one contact."));
-        }
-        if ids.len() > MAX_BATCH_GET {
-            return Err(Error::invalid(
-                "ids",
-                Reason::TooMany,
-                format!("ids names {} contacts; at most {MAX_BATCH_GET} are allowed.", ids.len()),
-            ));
-        }
-        let parsed = ids.iter().map(|raw| parse_id(raw).ok_or_else(|| not_found(raw))).collect::<Result<Vec<_>>>()?;
+    async fn undelete(&self, caller: Principal, raw: &str) -> Result<Contact> {
+        let id = parse_id(raw).ok_or_else(|| Error::not_found(RESOURCE, raw))?;
+        let raw = raw.to_string();
+        self.db
+            .write(move |c| {
+                Box::pin(async move {
+                    let current = store::contact::find_many(c, &caller.tenant, std::slice::from_ref(&id), true).await?;
+                    let existing = current.into_iter().next().ok_or_else(|| Error::not_found(RESOURCE, raw))?;
+                    let meta = existing.meta.undeleted(RESOURCE, &caller.subject, now_micros())?;
+                    let restored = Contact { meta, fields: existing.fields };
+                    store::contact::write_many(c, std::slice::from_ref(&restored)).await?;
+                    Ok(restored)
+                })
+            })
+            .await
+    }
+
+    /// Contacts by id, in the order asked; `NOT_FOUND` names the first missing one.
+    async fn get_many(&self, caller: &Principal, ids: &[String], batch: bool) -> Result<Vec<Contact>> {
+        let not_found = |i: usize, raw: &str| Error::NotFound {
+            resource: RESOURCE,
+            id: raw.to_string(),
+            field: batch.then(|| format!("ids[{i}]")),
+        };
+        let parsed = ids
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| parse_id(raw).ok_or_else(|| not_found(i, raw)))
+            .collect::<Result<Vec<_>>>()?;
         let mut unique = parsed.clone();
         unique.sort();
         unique.dedup();
         let mut pooled = self.db.read().await?;
-        let found = store::contact::find_many(&mut pooled.conn(), &caller.tenant, &unique).await?;
-        let by_id: std::collections::HashMap<&str, &Contact> = found.iter().map(|c| (c.id.as_str(), c)).collect();
+        let found = store::contact::find_many(&mut pooled.conn(), &caller.tenant, &unique, false).await?;
+        let by_id: HashMap<&str, &Contact> = found.iter().map(|c| (c.meta.id.as_str(), c)).collect();
         parsed
             .iter()
-            .zip(ids)
-            .map(|(id, raw)| by_id.get(id.as_str()).map(|c| (*c).clone()).ok_or_else(|| not_found(raw)))
+            .enumerate()
+            .map(|(i, id)| by_id.get(id.as_str()).map(|c| (*c).clone()).ok_or_else(|| not_found(i, &ids[i])))
             .collect()
+    }
+
+    async fn list(&self, caller: &Principal, params: &ListParams) -> Result<(Vec<Contact>, String)> {
+        let plan = list::plan(&store::contact::SPEC, &caller.tenant, params, self.db.is_pg())?;
+        let mut pooled = self.db.read().await?;
+        let mut contacts = store::contact::list(&mut pooled.conn(), &plan).await?;
+        let next = if contacts.len() > plan.page_size {
+            contacts.truncate(plan.page_size);
+            contacts.last().map(|c| plan.next_token(&c.meta.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((contacts, next))
     }
 }
 
-fn not_found(id: &str) -> Error {
-    Error::NotFound { resource: store::contact::RESOURCE, id: id.to_string() }
+/// No two contacts of one write may share an external_id.
+fn check_external_ids_unique(contacts: &[Contact], batch: bool) -> Result<()> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, contact) in contacts.iter().enumerate() {
+        if let Some(external_id) = contact.fields.external_id.as_deref().filter(|_| contact.meta.delete_time.is_none())
+            && let Some(first) = seen.insert(external_id, i)
+        {
+            return Err(Error::Duplicate {
+                resource: RESOURCE,
+                field: format!("{}contact.external_id", item_prefix(batch, "requests", i)),
+                message: format!("requests[{i}] and requests[{first}] have the same external_id {external_id:?}."),
+            });
+        }
+    }
+    Ok(())
 }
 
-fn check_etag(current: &Contact, expected: &str) -> Result<()> {
-    if !expected.is_empty() && expected != etag(&current.id, current.revision) {
-        return Err(Error::EtagMismatch { resource: store::contact::RESOURCE, id: current.id.clone() });
+/// The external ids `written` take must not be held by other live contacts;
+/// the error names the item (its index in `all`).
+async fn check_external_ids_free(
+    c: &mut Conn<'_>,
+    tenant: &str,
+    all: &[Contact],
+    written: &[Contact],
+    batch: bool,
+    list: &str,
+) -> Result<()> {
+    let wanted: Vec<String> =
+        written.iter().filter(|c| c.meta.delete_time.is_none()).filter_map(|c| c.fields.external_id.clone()).collect();
+    let own: Vec<String> = written.iter().map(|c| c.meta.id.clone()).collect();
+    let taken = store::contact::external_ids_taken(c, tenant, &wanted, &own).await?;
+    if let Some((external_id, _)) = taken.first() {
+        let index = all.iter().position(|c| c.fields.external_id.as_deref() == Some(external_id)).unwrap_or(0);
+        return Err(Error::Duplicate {
+            resource: RESOURCE,
+            field: format!("{}contact.external_id", item_prefix(batch, list, index)),
+            message: format!(
+                "Another contact already has the external_id {external_id:?}: external ids are unique among the tenant's contacts."
+            ),
+        });
     }
     Ok(())
 }
 
 /// A stored contact as the API returns it.
 pub fn to_proto(contact: Contact) -> api::Contact {
-    let f = contact.fields;
+    let (m, f) = (contact.meta, contact.fields);
     api::Contact {
-        etag: etag(&contact.id, contact.revision),
-        id: contact.id,
+        etag: m.etag(),
+        id: m.id,
         display_name: f.display_name,
         given_name: f.given_name,
         family_name: f.family_name,
@@ -204,14 +443,22 @@ pub fn to_proto(contact: Contact) -> api::Contact {
             html: f.notes.html,
         }),
         custom_fields: custom_fields::to_struct(&f.custom_fields),
-        revision: contact.revision,
-        create_time: Some(timestamp(contact.create_time)),
-        update_time: Some(timestamp(contact.update_time)),
-        delete_time: contact.delete_time.map(timestamp),
-        purge_time: contact.purge_time.map(timestamp),
-        created_by: contact.created_by,
-        updated_by: contact.updated_by,
+        revision: m.revision,
+        create_time: Some(timestamp(m.create_time)),
+        update_time: Some(timestamp(m.update_time)),
+        delete_time: m.delete_time.map(timestamp),
+        purge_time: m.purge_time.map(timestamp),
+        created_by: m.created_by,
+        updated_by: m.updated_by,
     }
+}
+
+fn masked(contacts: Vec<Contact>, mask: Option<&prost_types::FieldMask>) -> Result<Vec<api::Contact>> {
+    contacts.into_iter().map(|c| apply_read_mask(to_proto(c), MESSAGE, mask)).collect()
+}
+
+fn single(mut contacts: Vec<Contact>) -> Result<api::Contact> {
+    contacts.pop().map(to_proto).ok_or_else(|| Error::Internal("a single write returned nothing".into()))
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
@@ -220,28 +467,42 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 impl ContactService for ContactApi {
     async fn create_contact(&self, request: Request<api::CreateContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
-        Ok(Response::new(to_proto(self.create(caller, request.into_inner()).await?)))
+        Ok(Response::new(single(self.create_many(caller, vec![request.into_inner()], false).await?)?))
     }
 
     async fn get_contact(&self, request: Request<api::GetContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        let contact = to_proto(self.get(&caller, &request.id).await?);
+        let contact = single(self.get_many(&caller, std::slice::from_ref(&request.id), false).await?)?;
         Ok(Response::new(apply_read_mask(contact, MESSAGE, request.read_mask.as_ref())?))
     }
 
-    async fn list_contacts(&self, _: Request<api::ListContactsRequest>) -> Reply<api::ListContactsResponse> {
-        Err(Error::NotServedYet("ListContacts").into())
+    async fn list_contacts(&self, request: Request<api::ListContactsRequest>) -> Reply<api::ListContactsResponse> {
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        let params = ListParams {
+            page_size: request.page_size,
+            page_token: request.page_token,
+            filter: request.filter,
+            order_by: request.order_by,
+            show_deleted: request.show_deleted,
+        };
+        let (contacts, next_page_token) = self.list(&caller, &params).await?;
+        Ok(Response::new(api::ListContactsResponse {
+            contacts: masked(contacts, request.read_mask.as_ref())?,
+            next_page_token,
+        }))
     }
 
-    async fn update_contact(&self, _: Request<api::UpdateContactRequest>) -> Reply<api::Contact> {
-        Err(Error::NotServedYet("UpdateContact").into())
+    async fn update_contact(&self, request: Request<api::UpdateContactRequest>) -> Reply<api::Contact> {
+        let caller = Principal::of(&request)?;
+        Ok(Response::new(single(self.update_many(caller, vec![request.into_inner()], false).await?)?))
     }
 
     async fn delete_contact(&self, request: Request<api::DeleteContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        Ok(Response::new(to_proto(self.delete(caller, &request.id, request.etag).await?)))
+        Ok(Response::new(single(self.delete_many(caller, vec![(request.id, request.etag)], false).await?)?))
     }
 
     async fn undelete_contact(&self, request: Request<api::UndeleteContactRequest>) -> Reply<api::Contact> {
@@ -255,32 +516,42 @@ impl ContactService for ContactApi {
     ) -> Reply<api::BatchGetContactsResponse> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        let contacts = self.batch_get(&caller, &request.ids).await?;
-        let contacts = contacts
-            .into_iter()
-            .map(|c| apply_read_mask(to_proto(c), MESSAGE, request.read_mask.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Response::new(api::BatchGetContactsResponse { contacts }))
+        check_batch_size(request.ids.len(), MAX_BATCH_GET, "ids")?;
+        let contacts = self.get_many(&caller, &request.ids, true).await?;
+        Ok(Response::new(api::BatchGetContactsResponse { contacts: masked(contacts, request.read_mask.as_ref())? }))
     }
 
     async fn batch_create_contacts(
         &self,
-        _: Request<api::BatchCreateContactsRequest>,
+        request: Request<api::BatchCreateContactsRequest>,
     ) -> Reply<api::BatchCreateContactsResponse> {
-        Err(Error::NotServedYet("BatchCreateContacts").into())
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        check_batch_size(request.requests.len(), MAX_BATCH_WRITE, "requests")?;
+        let contacts = self.create_many(caller, request.requests, true).await?;
+        Ok(Response::new(api::BatchCreateContactsResponse { contacts: contacts.into_iter().map(to_proto).collect() }))
     }
 
     async fn batch_update_contacts(
         &self,
-        _: Request<api::BatchUpdateContactsRequest>,
+        request: Request<api::BatchUpdateContactsRequest>,
     ) -> Reply<api::BatchUpdateContactsResponse> {
-        Err(Error::NotServedYet("BatchUpdateContacts").into())
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        check_batch_size(request.requests.len(), MAX_BATCH_WRITE, "requests")?;
+        let contacts = self.update_many(caller, request.requests, true).await?;
+        Ok(Response::new(api::BatchUpdateContactsResponse { contacts: contacts.into_iter().map(to_proto).collect() }))
     }
 
     async fn batch_delete_contacts(
         &self,
-        _: Request<api::BatchDeleteContactsRequest>,
+        request: Request<api::BatchDeleteContactsRequest>,
     ) -> Reply<api::BatchDeleteContactsResponse> {
-        Err(Error::NotServedYet("BatchDeleteContacts").into())
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        check_batch_size(request.ids.len(), MAX_BATCH_WRITE, "ids")?;
+        let items = request.ids.into_iter().map(|id| (id, String::new())).collect();
+        let contacts = self.delete_many(caller, items, true).await?;
+        Ok(Response::new(api::BatchDeleteContactsResponse { contacts: contacts.into_iter().map(to_proto).collect() }))
     }
 }

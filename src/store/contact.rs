@@ -1,24 +1,65 @@
 //! Contact queries, written once for both backends.
 
-use diesel::{ExpressionMethods, Insertable, OptionalExtension, QueryDsl, Queryable, Selectable, SelectableHelper};
+use diesel::{
+    ExpressionMethods, Insertable, QueryDsl, Queryable, QueryableByName, Selectable, SelectableHelper, upsert::excluded,
+};
 use diesel_async::RunQueryDsl;
 
-use super::{Conn, is_unique_violation, schema::contacts, sql_types::JsonText};
+use super::{Conn, schema::contacts, sql_types::JsonText, unique_violation};
+use crate::load_plan;
 use crate::{
     dispatch,
     domain::{
+        Meta,
         contact::{Contact, ContactFields},
         rich_text::RichText,
     },
     error::{Error, Result},
+    query::{FieldKind, FieldSpec, ListPlan, ResourceSpec},
 };
 
 /// The resource name used in errors.
 pub const RESOURCE: &str = "contact";
 
+/// What callers may filter and order contacts by (API.md §5 Contact).
+pub const SPEC: ResourceSpec = ResourceSpec {
+    table: "contacts",
+    fields: &[
+        FieldSpec {
+            name: "display_name",
+            column: "display_name",
+            kind: FieldKind::Text { nullable: false },
+            orderable: true,
+        },
+        FieldSpec {
+            name: "organization",
+            column: "organization",
+            kind: FieldKind::Text { nullable: false },
+            orderable: true,
+        },
+        FieldSpec {
+            name: "external_id",
+            column: "external_id",
+            kind: FieldKind::Text { nullable: true },
+            orderable: true,
+        },
+        FieldSpec {
+            name: "emails.address",
+            column: "emails",
+            kind: FieldKind::RepeatedKey { key: "address" },
+            orderable: false,
+        },
+        FieldSpec { name: "create_time", column: "create_time", kind: FieldKind::Timestamp, orderable: true },
+        FieldSpec { name: "update_time", column: "update_time", kind: FieldKind::Timestamp, orderable: true },
+        FieldSpec { name: "custom_fields", column: "custom_fields", kind: FieldKind::Custom, orderable: true },
+    ],
+    default_order: "display_name",
+};
+
 /// A row of `contacts`.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = contacts, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
+#[diesel(treat_none_as_default_value = false)]
 pub struct ContactRow {
     tenant_id: String,
     id: String,
@@ -45,12 +86,12 @@ pub struct ContactRow {
 
 impl ContactRow {
     fn from_domain(contact: &Contact) -> Result<ContactRow> {
-        let f = &contact.fields;
+        let (m, f) = (&contact.meta, &contact.fields);
         let json =
             |v: serde_json::Result<String>| v.map_err(|e| Error::Internal(format!("encoding contact JSON: {e}")));
         Ok(ContactRow {
-            tenant_id: contact.tenant.clone(),
-            id: contact.id.clone(),
+            tenant_id: m.tenant.clone(),
+            id: m.id.clone(),
             display_name: f.display_name.clone(),
             given_name: f.given_name.clone(),
             family_name: f.family_name.clone(),
@@ -63,13 +104,13 @@ impl ContactRow {
             notes_raw: f.notes.raw.clone(),
             notes_html: f.notes.html.clone(),
             custom_fields: JsonText(f.custom_fields.clone()),
-            revision: contact.revision,
-            create_time: contact.create_time,
-            update_time: contact.update_time,
-            delete_time: contact.delete_time,
-            purge_time: contact.purge_time,
-            created_by: contact.created_by.clone(),
-            updated_by: contact.updated_by.clone(),
+            revision: m.revision,
+            create_time: m.create_time,
+            update_time: m.update_time,
+            delete_time: m.delete_time,
+            purge_time: m.purge_time,
+            created_by: m.created_by.clone(),
+            updated_by: m.updated_by.clone(),
         })
     }
 
@@ -86,114 +127,194 @@ impl ContactRow {
                 phones: serde_json::from_str(&self.phones.0).map_err(|e| json("phones", e))?,
                 external_id: self.external_id,
                 notes: RichText::stored(self.notes_format, self.notes_raw, self.notes_html),
-                custom_fields: self.custom_fields.0,
+                custom_fields: canonical_json(&self.custom_fields.0).map_err(|e| json("custom_fields", e))?,
             },
-            tenant: self.tenant_id,
-            id: self.id,
-            revision: self.revision,
-            create_time: self.create_time,
-            update_time: self.update_time,
-            delete_time: self.delete_time,
-            purge_time: self.purge_time,
-            created_by: self.created_by,
-            updated_by: self.updated_by,
+            meta: Meta {
+                tenant: self.tenant_id,
+                id: self.id,
+                revision: self.revision,
+                create_time: self.create_time,
+                update_time: self.update_time,
+                delete_time: self.delete_time,
+                purge_time: self.purge_time,
+                created_by: self.created_by,
+                updated_by: self.updated_by,
+            },
         })
     }
 }
 
-fn duplicate_external_id(contact: &Contact) -> Error {
-    Error::Duplicate {
-        resource: RESOURCE,
-        field: "external_id",
-        message: format!(
-            "Another contact already has the external_id {:?}: external ids are unique among the tenant's contacts.",
-            contact.fields.external_id.as_deref().unwrap_or_default()
-        ),
+/// JSON in the one spelling the domain compares (PostgreSQL's jsonb prints
+/// its own spacing and key order).
+fn canonical_json(text: &str) -> serde_json::Result<String> {
+    serde_json::from_str::<serde_json::Value>(text).map(|v| v.to_string())
+}
+
+fn rows(contacts: &[Contact]) -> Result<Vec<ContactRow>> {
+    contacts.iter().map(ContactRow::from_domain).collect()
+}
+
+/// Maps a unique violation to what the caller did: a taken external_id is
+/// `DUPLICATE`; a taken id (two creates of one caller-chosen id racing) is
+/// `ABORTED`, to be retried.
+fn write_error(error: diesel::result::Error, contacts: &[Contact]) -> Error {
+    match unique_violation(&error) {
+        Some(message) if message.contains("external_id") => Error::Duplicate {
+            resource: RESOURCE,
+            field: "contact.external_id".to_string(),
+            message:
+                "Another contact already has this external_id: external ids are unique among the tenant's contacts."
+                    .to_string(),
+        },
+        Some(_) => Error::EtagMismatch {
+            resource: RESOURCE,
+            id: contacts.first().map(|c| c.meta.id.clone()).unwrap_or_default(),
+        },
+        None => error.into(),
     }
 }
 
-/// Inserts a new contact.
-pub async fn insert(conn: &mut Conn<'_>, contact: &Contact) -> Result<Contact> {
-    let row = ContactRow::from_domain(contact)?;
-    let inserted: std::result::Result<ContactRow, diesel::result::Error> = dispatch!(conn, |c| {
-        diesel::insert_into(contacts::table).values(&row).returning(ContactRow::as_returning()).get_result(c).await
-    });
-    match inserted {
-        Ok(row) => row.into_domain(),
-        Err(e) if is_unique_violation(&e) => Err(duplicate_external_id(contact)),
-        Err(e) => Err(e.into()),
+/// Inserts new contacts: one multi-row statement on PostgreSQL; on SQLite
+/// (in-process, no network) one hop to its thread, a statement per row.
+pub async fn insert_many(conn: &mut Conn<'_>, contacts: &[Contact]) -> Result<()> {
+    if contacts.is_empty() {
+        return Ok(());
     }
-}
-
-/// The contact `id` of `tenant`, deleted or not; `None` if it does not exist.
-/// On PostgreSQL `lock` takes a row lock until the transaction ends (SQLite
-/// has a single writer, so it needs none).
-pub async fn find(conn: &mut Conn<'_>, tenant: &str, id: &str, lock: bool) -> Result<Option<Contact>> {
-    let query = contacts::table.filter(contacts::tenant_id.eq(tenant)).filter(contacts::id.eq(id));
-    let row: Option<ContactRow> = match conn {
-        Conn::Pg(c) if lock => query.select(ContactRow::as_select()).for_update().first(&mut **c).await.optional()?,
-        _ => dispatch!(conn, |c| query.select(ContactRow::as_select()).first(c).await.optional()?),
+    let rows = rows(contacts)?;
+    let inserted = match conn {
+        Conn::Pg(c) => diesel::insert_into(contacts::table).values(&rows).execute(&mut **c).await.map(|_| ()),
+        Conn::Sqlite(c) => {
+            c.spawn_blocking(move |c| {
+                for row in &rows {
+                    diesel::RunQueryDsl::execute(diesel::insert_into(contacts::table).values(row), c)?;
+                }
+                Ok(())
+            })
+            .await
+        }
     };
-    row.map(ContactRow::into_domain).transpose()
+    inserted.map_err(|e| write_error(e, contacts))
 }
 
-/// The contact `id` of `tenant`, or `NOT_FOUND`.
-pub async fn get(conn: &mut Conn<'_>, tenant: &str, id: &str, lock: bool) -> Result<Contact> {
-    find(conn, tenant, id, lock).await?.ok_or_else(|| Error::NotFound { resource: RESOURCE, id: id.to_string() })
-}
-
-/// Writes a changed contact over its previous revision (`revision - 1`).
-pub async fn replace(conn: &mut Conn<'_>, contact: &Contact) -> Result<Contact> {
-    let row = ContactRow::from_domain(contact)?;
-    let previous = contact.revision - 1;
-    let updated: std::result::Result<Option<ContactRow>, diesel::result::Error> = dispatch!(conn, |c| {
-        diesel::update(
-            contacts::table
-                .filter(contacts::tenant_id.eq(&row.tenant_id))
-                .filter(contacts::id.eq(&row.id))
-                .filter(contacts::revision.eq(previous)),
-        )
-        .set((
-            contacts::display_name.eq(&row.display_name),
-            contacts::given_name.eq(&row.given_name),
-            contacts::family_name.eq(&row.family_name),
-            contacts::organization.eq(&row.organization),
-            contacts::job_title.eq(&row.job_title),
-            contacts::emails.eq(&row.emails),
-            contacts::phones.eq(&row.phones),
-            contacts::external_id.eq(&row.external_id),
-            contacts::notes_format.eq(row.notes_format),
-            contacts::notes_raw.eq(&row.notes_raw),
-            contacts::notes_html.eq(&row.notes_html),
-            contacts::custom_fields.eq(&row.custom_fields),
-            contacts::revision.eq(row.revision),
-            contacts::update_time.eq(row.update_time),
-            contacts::delete_time.eq(row.delete_time),
-            contacts::purge_time.eq(row.purge_time),
-            contacts::updated_by.eq(&row.updated_by),
-        ))
-        .returning(ContactRow::as_returning())
-        .get_result(c)
-        .await
-        .optional()
-    });
-    match updated {
-        Ok(Some(row)) => row.into_domain(),
-        Ok(None) => Err(Error::EtagMismatch { resource: RESOURCE, id: contact.id.clone() }),
-        Err(e) if is_unique_violation(&e) => Err(duplicate_external_id(contact)),
-        Err(e) => Err(e.into()),
+/// Writes contacts whose new state was decided under lock (changed, deleted,
+/// restored, or created by upsert): one multi-row upsert on PostgreSQL, one
+/// hop with a statement per row on SQLite.
+pub async fn write_many(conn: &mut Conn<'_>, contacts: &[Contact]) -> Result<()> {
+    if contacts.is_empty() {
+        return Ok(());
     }
+    let rows = rows(contacts)?;
+    macro_rules! upsert {
+        ($values:expr) => {
+            diesel::insert_into(contacts::table)
+                .values($values)
+                .on_conflict((contacts::tenant_id, contacts::id))
+                .do_update()
+                .set((
+                    contacts::display_name.eq(excluded(contacts::display_name)),
+                    contacts::given_name.eq(excluded(contacts::given_name)),
+                    contacts::family_name.eq(excluded(contacts::family_name)),
+                    contacts::organization.eq(excluded(contacts::organization)),
+                    contacts::job_title.eq(excluded(contacts::job_title)),
+                    contacts::emails.eq(excluded(contacts::emails)),
+                    contacts::phones.eq(excluded(contacts::phones)),
+                    contacts::external_id.eq(excluded(contacts::external_id)),
+                    contacts::notes_format.eq(excluded(contacts::notes_format)),
+                    contacts::notes_raw.eq(excluded(contacts::notes_raw)),
+                    contacts::notes_html.eq(excluded(contacts::notes_html)),
+                    contacts::custom_fields.eq(excluded(contacts::custom_fields)),
+                    contacts::revision.eq(excluded(contacts::revision)),
+                    contacts::update_time.eq(excluded(contacts::update_time)),
+                    contacts::delete_time.eq(excluded(contacts::delete_time)),
+                    contacts::purge_time.eq(excluded(contacts::purge_time)),
+                    contacts::updated_by.eq(excluded(contacts::updated_by)),
+                ))
+        };
+    }
+    let written = match conn {
+        Conn::Pg(c) => upsert!(&rows).execute(&mut **c).await.map(|_| ()),
+        Conn::Sqlite(c) => {
+            c.spawn_blocking(move |c| {
+                for row in &rows {
+                    diesel::RunQueryDsl::execute(upsert!(row), c)?;
+                }
+                Ok(())
+            })
+            .await
+        }
+    };
+    written.map_err(|e| write_error(e, contacts))
 }
 
-/// The contacts of `tenant` among `ids`, in one query; missing ones are left out.
-pub async fn find_many(conn: &mut Conn<'_>, tenant: &str, ids: &[String]) -> Result<Vec<Contact>> {
-    let rows: Vec<ContactRow> = dispatch!(conn, |c| {
+/// The contacts of `tenant` among `ids`, in one query; missing ones are left
+/// out. On PostgreSQL `lock` takes row locks (in id order, so concurrent
+/// batches cannot deadlock) until the transaction ends; SQLite has a single
+/// writer and needs none.
+pub async fn find_many(conn: &mut Conn<'_>, tenant: &str, ids: &[String], lock: bool) -> Result<Vec<Contact>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let query =
+        contacts::table.filter(contacts::tenant_id.eq(tenant)).filter(contacts::id.eq_any(ids)).order(contacts::id);
+    let rows: Vec<ContactRow> = match conn {
+        Conn::Pg(c) if lock => query.select(ContactRow::as_select()).for_update().load(&mut **c).await?,
+        _ => dispatch!(conn, |c| query.select(ContactRow::as_select()).load(c).await?),
+    };
+    rows.into_iter().map(ContactRow::into_domain).collect()
+}
+
+/// Which of `external_ids` live (undeleted) contacts of `tenant` other than
+/// `except` already hold: (external_id, holder id).
+pub async fn external_ids_taken(
+    conn: &mut Conn<'_>,
+    tenant: &str,
+    external_ids: &[String],
+    except: &[String],
+) -> Result<Vec<(String, String)>> {
+    if external_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let taken: Vec<(Option<String>, String)> = dispatch!(conn, |c| {
         contacts::table
             .filter(contacts::tenant_id.eq(tenant))
-            .filter(contacts::id.eq_any(ids))
-            .select(ContactRow::as_select())
+            .filter(contacts::delete_time.is_null())
+            .filter(contacts::external_id.eq_any(external_ids))
+            .filter(contacts::id.ne_all(except))
+            .select((contacts::external_id, contacts::id))
             .load(c)
             .await?
     });
+    Ok(taken.into_iter().filter_map(|(e, id)| e.map(|e| (e, id))).collect())
+}
+
+/// One page of a planned list.
+pub async fn list(conn: &mut Conn<'_>, plan: &ListPlan) -> Result<Vec<Contact>> {
+    let rows: Vec<ContactRow> = load_plan!(conn, plan);
     rows.into_iter().map(ContactRow::into_domain).collect()
+}
+
+/// Removes up to `limit` contacts whose purge time has passed; returns how
+/// many. On PostgreSQL, replicas purging at once skip each other's rows.
+pub async fn purge_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<usize> {
+    Ok(match conn {
+        Conn::Pg(c) => {
+            diesel::sql_query(
+                "DELETE FROM contacts WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM contacts \
+                 WHERE purge_time < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(now)
+            .bind::<diesel::sql_types::BigInt, _>(limit)
+            .execute(&mut **c)
+            .await?
+        }
+        Conn::Sqlite(c) => {
+            diesel::sql_query(
+                "DELETE FROM contacts WHERE rowid IN (SELECT rowid FROM contacts WHERE purge_time < ?1 LIMIT ?2)",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(now)
+            .bind::<diesel::sql_types::BigInt, _>(limit)
+            .execute(&mut **c)
+            .await?
+        }
+    })
 }

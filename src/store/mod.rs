@@ -192,6 +192,29 @@ impl Db {
         }
     }
 
+    /// Removes soft-deleted resources past their purge time and request ids
+    /// past 24 hours, a bounded batch at a time; returns how many rows went.
+    pub async fn purge_expired(&self) -> Result<usize> {
+        const BATCH: i64 = 1000;
+        let mut total = 0;
+        loop {
+            let purged = self
+                .write(|c| {
+                    Box::pin(async move {
+                        let now = now_micros();
+                        let contacts = contact::purge_expired(c, now, BATCH).await?;
+                        let requests = request_id::purge_expired(c, now).await?;
+                        Ok((contacts, requests))
+                    })
+                })
+                .await?;
+            total += purged.0 + purged.1;
+            if (purged.0 as i64) < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         let ping = async {
@@ -259,7 +282,33 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// Whether a diesel error is a unique-constraint violation.
-pub fn is_unique_violation(error: &diesel::result::Error) -> bool {
-    matches!(error, diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _))
+/// The message and constraint of a unique-constraint violation, to tell
+/// which key was taken; `None` for any other error.
+pub fn unique_violation(error: &diesel::result::Error) -> Option<String> {
+    match error {
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, info) => {
+            Some(format!("{} {}", info.message(), info.constraint_name().unwrap_or_default()))
+        }
+        _ => None,
+    }
+}
+
+/// Loads the rows of a planned list query ([`crate::query::ListPlan`]),
+/// binding its parameters, on either backend.
+#[macro_export]
+macro_rules! load_plan {
+    ($conn:expr, $plan:expr) => {
+        $crate::dispatch!($conn, |c| {
+            let mut query = ::diesel::sql_query($plan.sql.text.clone()).into_boxed();
+            for param in &$plan.sql.params {
+                query = match param {
+                    $crate::query::spec::Param::Text(v) => query.bind::<::diesel::sql_types::Text, _>(v.clone()),
+                    $crate::query::spec::Param::BigInt(v) => query.bind::<::diesel::sql_types::BigInt, _>(*v),
+                    $crate::query::spec::Param::Double(v) => query.bind::<::diesel::sql_types::Double, _>(*v),
+                    $crate::query::spec::Param::Bool(v) => query.bind::<::diesel::sql_types::Bool, _>(*v),
+                };
+            }
+            ::diesel_async::RunQueryDsl::load(query, c).await?
+        })
+    };
 }

@@ -336,7 +336,7 @@ async fn external_ids_are_unique_among_undeleted_contacts(backend: Backend) {
     let status =
         client.create_contact(create(Contact { external_id: "crm-7".into(), ..contact("Other") })).await.unwrap_err();
     let info = assert_error(&status, Code::AlreadyExists, "DUPLICATE");
-    assert_eq!(info.metadata.get("field").map(String::as_str), Some("external_id"));
+    assert_eq!(info.metadata.get("field").map(String::as_str), Some("contact.external_id"));
     // Contacts without an external id never collide.
     create_ok(&mut client, contact("No id 1")).await;
     create_ok(&mut client, contact("No id 2")).await;

@@ -24,6 +24,9 @@ macro_rules! on_both_backends {
 }
 
 mod auth;
+mod contact_batches;
+mod contact_lists;
+mod contact_updates;
 mod contacts;
 mod health;
 mod helpers;
