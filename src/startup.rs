@@ -5,8 +5,10 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
@@ -73,6 +75,9 @@ impl Application {
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
         let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), self.settings.retention));
 
+        // Without TCP_NODELAY, small HTTP/2 frames wait for delayed ACKs (~40 ms a call).
+        let incoming =
+            TcpIncoming::from(self.listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -82,7 +87,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(contacts)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });
         tokio::pin!(server);

@@ -34,6 +34,15 @@ CREATE UNIQUE INDEX contacts_external_id_key
 
 CREATE INDEX contacts_purge_time_idx ON contacts (purge_time) WHERE purge_time IS NOT NULL;
 
+-- Keyset pagination: one index per order a caller can ask for, each ending
+-- in id (the tie-breaker), so page N costs what page 1 costs.
+CREATE INDEX contacts_display_name_idx ON contacts (tenant_id, display_name, id);
+CREATE INDEX contacts_organization_idx ON contacts (tenant_id, organization, id);
+CREATE INDEX contacts_create_time_idx ON contacts (tenant_id, create_time, id);
+CREATE INDEX contacts_update_time_idx ON contacts (tenant_id, update_time, id);
+-- `emails.address = "…"` is a containment query this index answers.
+CREATE INDEX contacts_emails_idx ON contacts USING GIN (emails jsonb_path_ops);
+
 CREATE TABLE request_ids (
     tenant_id    TEXT   NOT NULL,
     request_id   TEXT   NOT NULL,
