@@ -14,6 +14,7 @@
 //! - `AGENDA_SHUTDOWN_GRACE`: how long in-flight calls may finish on SIGTERM (default 30s).
 //! - `AGENDA_RETENTION`: how long soft-deleted resources are kept (default 30d).
 //! - `AGENDA_PURGE_INTERVAL`: how often expired soft-deleted resources are purged (default 1m).
+//! - `AGENDA_HEALTH_INTERVAL`: how often the database is checked for the health service (default 5s).
 
 use std::{
     fmt,
@@ -126,6 +127,10 @@ pub struct Options {
     #[arg(long, env = "AGENDA_PURGE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub purge_interval: Option<Duration>,
+    /// How often the database is checked for the health service [default: 5s].
+    #[arg(long, env = "AGENDA_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub health_interval: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -188,6 +193,8 @@ pub struct Settings {
     pub retention: Duration,
     /// How often expired resources are purged.
     pub purge_interval: Duration,
+    /// How often the database is checked for health.
+    pub health_interval: Duration,
 }
 
 impl fmt::Debug for Settings {
@@ -206,6 +213,7 @@ impl fmt::Debug for Settings {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("retention", &self.retention)
             .field("purge_interval", &self.purge_interval)
+            .field("health_interval", &self.health_interval)
             .finish()
     }
 }
@@ -247,6 +255,7 @@ impl Settings {
             shutdown_grace: pick!(shutdown_grace).unwrap_or(Duration::from_secs(30)),
             retention,
             purge_interval: pick!(purge_interval).unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(10)),
+            health_interval: pick!(health_interval).unwrap_or(Duration::from_secs(5)).max(Duration::from_millis(10)),
         })
     }
 

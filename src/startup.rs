@@ -19,9 +19,6 @@ use crate::{
     store::Db,
 };
 
-/// How often the database is pinged for the health service.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-
 /// The gRPC services whose health is reported besides the overall `""`.
 const SERVICES: &[&str] = &[<ContactServiceServer<ContactApi> as NamedService>::NAME];
 
@@ -68,7 +65,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&reporter, ServingStatus::Serving).await;
-        let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone()));
+        let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone(), self.settings.health_interval));
         let purger = tokio::spawn(purge_periodically(self.db.clone(), self.settings.purge_interval));
 
         let reflection_v1 = reflection_builder().build_v1()?;
@@ -133,9 +130,9 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Reports NOT_SERVING while the database does not answer, SERVING again once it does.
-async fn monitor_health(db: Db, reporter: HealthReporter) {
+async fn monitor_health(db: Db, reporter: HealthReporter, every: Duration) {
     let mut serving = true;
-    let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+    let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;

@@ -220,7 +220,8 @@ impl Db {
         let ping = async {
             let mut pooled = self.read().await?;
             let mut conn = pooled.conn();
-            dispatch!(&mut conn, |c| c.batch_execute("SELECT 1").await)?;
+            // A query that reads the schema, so a broken SQLite file shows too.
+            dispatch!(&mut conn, |c| c.batch_execute("SELECT count(*) FROM contacts WHERE false").await)?;
             Ok::<_, Error>(())
         };
         matches!(tokio::time::timeout(Duration::from_secs(3), ping).await, Ok(Ok(())))

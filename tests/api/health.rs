@@ -108,3 +108,95 @@ async fn reflect_files(
         .map(|bytes| (prost::Message::decode(bytes.as_slice()).expect("file descriptor"), bytes.clone()))
         .collect()
 }
+
+/// PostgreSQL only: it is the backend that can stop answering while agenda
+/// runs (an embedded SQLite file lives in the process itself; its failures
+/// are file corruption, which no health check can undo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_on_postgres() {
+    if !crate::helpers::enabled(Backend::Postgres) {
+        eprintln!("PostgreSQL left out by AGENDA_TEST_BACKENDS");
+        return;
+    }
+    health_follows_the_database(Backend::Postgres).await;
+}
+
+/// Makes the app's database unreachable (PostgreSQL: refuse and cut its
+/// connections; SQLite: garble the file) and returns how to bring it back.
+async fn break_database(
+    app: &crate::helpers::TestApp,
+) -> Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send> {
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    match app.backend {
+        Backend::Postgres => {
+            let (server, name) = app.database_url.rsplit_once('/').expect("a database URL");
+            let admin = format!("{server}/postgres");
+            let name = name.to_string();
+            let mut conn = AsyncPgConnection::establish(&admin).await.expect("connect");
+            diesel::sql_query(format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"))
+                .execute(&mut conn)
+                .await
+                .expect("alter");
+            diesel::sql_query(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("terminate");
+            Box::new(move || {
+                Box::pin(async move {
+                    let mut conn = AsyncPgConnection::establish(&admin).await.expect("connect");
+                    diesel::sql_query(format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+                        .execute(&mut conn)
+                        .await
+                        .expect("alter");
+                })
+            })
+        }
+        Backend::Sqlite => unreachable!("an embedded SQLite file has no server that can go away"),
+    }
+}
+
+async fn wait_for(health: &mut HealthClient<tonic::transport::Channel>, want: ServingStatus) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status =
+            health.check(HealthCheckRequest { service: String::new() }).await.expect("health").into_inner().status;
+        if status == want as i32 {
+            let per_service = health
+                .check(HealthCheckRequest { service: "agenda.v1.ContactService".into() })
+                .await
+                .expect("health")
+                .into_inner()
+                .status;
+            assert_eq!(per_service, want as i32);
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "health never became {want:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn health_follows_the_database(backend: Backend) {
+    let app =
+        crate::helpers::spawn_app_with(backend, |o| o.health_interval = Some(std::time::Duration::from_millis(100)))
+            .await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let mut contacts = app.contacts("t1");
+    wait_for(&mut health, ServingStatus::Serving).await;
+    let restore = break_database(&app).await;
+    wait_for(&mut health, ServingStatus::NotServing).await;
+    let status = contacts
+        .get_contact(agenda::api::GetContactRequest { id: uuid::Uuid::now_v7().to_string(), read_mask: None })
+        .await
+        .unwrap_err();
+    let info = crate::helpers::assert_error(&status, Code::Unavailable, "DATABASE_UNAVAILABLE");
+    assert!(!status.message().contains("SQL") && !status.message().contains('/'), "no internals: {}", status.message());
+    assert_eq!(info.domain, "agenda");
+    restore().await;
+    wait_for(&mut health, ServingStatus::Serving).await;
+    contacts
+        .list_contacts(agenda::api::ListContactsRequest::default())
+        .await
+        .expect("calls work again once the database is back");
+}
