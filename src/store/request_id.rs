@@ -49,7 +49,10 @@ pub async fn claim_many(
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = keys.iter().map(|k| k.request_id.as_str()).collect();
-    let rows: Vec<_> = keys
+    // Inserted in request-id order, so two batches sharing ids cannot deadlock.
+    let mut sorted: Vec<&RequestKey> = keys.iter().collect();
+    sorted.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    let rows: Vec<_> = sorted
         .iter()
         .map(|k| {
             (
