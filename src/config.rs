@@ -13,6 +13,19 @@
 //! - `AGENDA_LOG_FORMAT`: `json` or `pretty` (default: pretty on a terminal, json otherwise); `RUST_LOG` filters.
 //! - `AGENDA_SHUTDOWN_GRACE`: how long in-flight calls may finish on SIGTERM (default 30s).
 //! - `AGENDA_RETENTION`: how long soft-deleted resources are kept (default 30d).
+//! - `AGENDA_MAX_MESSAGE_BYTES`: largest request or response message (default 4 MiB); a larger
+//!   request is `RESOURCE_EXHAUSTED`.
+//! - `AGENDA_MAX_CONCURRENT_CALLS`: calls served at once per replica (default 512); beyond it calls
+//!   are shed with `RESOURCE_EXHAUSTED` / `OVERLOADED` (health and reflection always answer).
+//! - `AGENDA_MAX_CONNECTION_AGE`: after this long a connection is asked to go away (HTTP/2 GOAWAY)
+//!   so clients reconnect and load spreads over new replicas (default 30m; `0s` turns it off).
+//! - `AGENDA_MAX_CONNECTION_AGE_GRACE`: how long calls may still run on a connection past its age
+//!   before it is closed (default 30s).
+//! - `AGENDA_HTTP2_KEEPALIVE_INTERVAL`, `AGENDA_HTTP2_KEEPALIVE_TIMEOUT`: HTTP/2 pings that find
+//!   dead connections (default 30s and 10s).
+//! - `AGENDA_TLS_CERT`, `AGENDA_TLS_KEY`: PEM certificate chain and private key; when set, gRPC is
+//!   served over TLS (plaintext h2c otherwise). Reloaded when the files change.
+//! - `AGENDA_TLS_CLIENT_CA`: PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
 
 use std::{
     fmt,
@@ -121,6 +134,37 @@ pub struct Options {
     #[arg(long, env = "AGENDA_RETENTION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub retention: Option<Duration>,
+    /// Largest request or response message in bytes [default: 4194304].
+    #[arg(long, env = "AGENDA_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Calls served at once; more are shed with RESOURCE_EXHAUSTED [default: 512].
+    #[arg(long, env = "AGENDA_MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Age after which a connection is asked to go away, so load rebalances; 0s turns it off [default: 30m].
+    #[arg(long, env = "AGENDA_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may still run on a connection past its age [default: 30s].
+    #[arg(long, env = "AGENDA_MAX_CONNECTION_AGE_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_connection_age_grace: Option<Duration>,
+    /// Interval of HTTP/2 keepalive pings [default: 30s].
+    #[arg(long, env = "AGENDA_HTTP2_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed [default: 10s].
+    #[arg(long, env = "AGENDA_HTTP2_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// PEM certificate chain; with --tls-key, serves gRPC over TLS. Reloaded when it changes.
+    #[arg(long, env = "AGENDA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate. Reloaded when it changes.
+    #[arg(long, env = "AGENDA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "AGENDA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 mod humantime_serde_opt {
@@ -181,6 +225,31 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Soft-delete retention.
     pub retention: Duration,
+    /// Largest message in bytes.
+    pub max_message_bytes: usize,
+    /// Calls served at once before load is shed.
+    pub max_concurrent_calls: usize,
+    /// Connection age before GOAWAY; `None` when off.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may run on past the connection age.
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    pub http2_keepalive_timeout: Duration,
+    /// TLS files; `None` serves plaintext h2c.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of the TLS configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to (mTLS), when set.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -198,6 +267,13 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("retention", &self.retention)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("max_connection_age", &self.max_connection_age)
+            .field("max_connection_age_grace", &self.max_connection_age_grace)
+            .field("http2_keepalive_interval", &self.http2_keepalive_interval)
+            .field("http2_keepalive_timeout", &self.http2_keepalive_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -224,6 +300,20 @@ impl Settings {
         if pool_size == 0 {
             return Err("AGENDA_DATABASE_POOL_SIZE must be at least 1".into());
         }
+        let max_message_bytes = pick!(max_message_bytes).unwrap_or(4 * 1024 * 1024);
+        if max_message_bytes == 0 {
+            return Err("AGENDA_MAX_MESSAGE_BYTES must be at least 1".into());
+        }
+        let max_concurrent_calls = pick!(max_concurrent_calls).unwrap_or(512);
+        if max_concurrent_calls == 0 {
+            return Err("AGENDA_MAX_CONCURRENT_CALLS must be at least 1".into());
+        }
+        let tls = match (pick!(tls_cert), pick!(tls_key), pick!(tls_client_ca)) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => return Err("AGENDA_TLS_CLIENT_CA needs AGENDA_TLS_CERT and AGENDA_TLS_KEY".into()),
+            _ => return Err("AGENDA_TLS_CERT and AGENDA_TLS_KEY must be set together".into()),
+        };
         Ok(Settings {
             database,
             embedded_default,
@@ -238,6 +328,14 @@ impl Settings {
             log_format: pick!(log_format).unwrap_or_else(default_log_format),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(Duration::from_secs(30)),
             retention,
+            max_message_bytes,
+            max_concurrent_calls,
+            max_connection_age: Some(pick!(max_connection_age).unwrap_or(Duration::from_secs(30 * 60)))
+                .filter(|age| !age.is_zero()),
+            max_connection_age_grace: pick!(max_connection_age_grace).unwrap_or(Duration::from_secs(30)),
+            http2_keepalive_interval: pick!(http2_keepalive_interval).unwrap_or(Duration::from_secs(30)),
+            http2_keepalive_timeout: pick!(http2_keepalive_timeout).unwrap_or(Duration::from_secs(10)),
+            tls,
         })
     }
 

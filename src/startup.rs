@@ -1,6 +1,8 @@
-//! Builds the server from settings and runs it: migrations, pools, the auth
-//! layer, health, reflection and the services. Tests drive it the same way
-//! with port 0 ([`Application::build`], then [`Application::port`]).
+//! Builds the server from settings and runs it: migrations, pools, the tower
+//! stack (observe → limits → auth), health, reflection, the services and the
+//! metrics endpoint. Tests drive it the same way with port 0
+//! ([`Application::build`], then [`Application::port`] and
+//! [`Application::metrics_addr`]).
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -15,6 +17,10 @@ use crate::{
     config::Settings,
     service::contact::ContactApi,
     store::Db,
+    telemetry::{
+        self,
+        call::{CallLayer, MethodTable},
+    },
 };
 
 /// How often the database is pinged for the health service.
@@ -27,6 +33,9 @@ const SERVICES: &[&str] = &[<ContactServiceServer<ContactApi> as NamedService>::
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
+    methods: MethodTable,
     db: Db,
     settings: Settings,
     authorizer: Authorizer,
@@ -45,9 +54,26 @@ impl Application {
         let scopes = ScopeMap::from_descriptor_set(api::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
         Db::migrate(&settings.database).await?;
         let db = Db::connect(&settings.database, settings.database_pool_size)?;
+        let methods = MethodTable::from_descriptor_sets(&[
+            api::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])?;
         let listener = TcpListener::bind(settings.listen).await?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, db, settings, authorizer: Authorizer::new(verifier, scopes) })
+        let metrics_listener = TcpListener::bind(settings.metrics_listen).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        Ok(Application {
+            listener,
+            addr,
+            metrics_listener,
+            metrics_addr,
+            methods,
+            db,
+            settings,
+            authorizer: Authorizer::new(verifier, scopes),
+        })
     }
 
     /// The port the server listens on (the real one when 0 was asked for).
@@ -60,6 +86,11 @@ impl Application {
         self.addr
     }
 
+    /// The address of the Prometheus endpoint (`/metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     /// Serves until `shutdown` completes, then drains: health turns
     /// NOT_SERVING, new connections are refused, and in-flight calls get the
     /// grace period to finish.
@@ -67,15 +98,29 @@ impl Application {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&reporter, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone()));
+        let metrics = tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.db.clone()));
+        let _metrics_guard = AbortOnDrop(metrics);
 
-        let reflection_v1 = reflection_builder().build_v1()?;
-        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
-        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), self.settings.retention));
+        let settings = &self.settings;
+        let max = settings.max_message_bytes;
+        let health_service = health_service.max_decoding_message_size(max).max_encoding_message_size(max);
+        let reflection_v1 =
+            reflection_builder().build_v1()?.max_decoding_message_size(max).max_encoding_message_size(max);
+        let reflection_v1alpha =
+            reflection_builder().build_v1alpha()?.max_decoding_message_size(max).max_encoding_message_size(max);
+        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), settings.retention))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
+        if let Some(age) = settings.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let server = builder
+            .layer(CallLayer::new(self.methods))
             .layer(AuthLayer::new(self.authorizer))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -105,6 +150,15 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

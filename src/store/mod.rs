@@ -155,11 +155,21 @@ impl Db {
         matches!(self, Db::Pg(_))
     }
 
+    /// The status of each pool, by name, for the metrics.
+    pub fn pool_status(&self) -> Vec<(&'static str, deadpool::Status)> {
+        match self {
+            Db::Pg(pool) => vec![("postgres", pool.status())],
+            Db::Sqlite { writer, readers } => {
+                vec![("sqlite_writer", writer.status()), ("sqlite_readers", readers.status())]
+            }
+        }
+    }
+
     /// A connection for reads outside a transaction.
     pub async fn read(&self) -> Result<Pooled> {
         Ok(match self {
-            Db::Pg(pool) => Pooled::Pg(pool.get().await?),
-            Db::Sqlite { readers, .. } => Pooled::Sqlite(readers.get().await?),
+            Db::Pg(pool) => Pooled::Pg(timed_get(pool, "postgres").await?),
+            Db::Sqlite { readers, .. } => Pooled::Sqlite(timed_get(readers, "sqlite_readers").await?),
         })
     }
 
@@ -172,7 +182,7 @@ impl Db {
     {
         match self {
             Db::Pg(pool) => {
-                let mut object = pool.get().await?;
+                let mut object = timed_get(pool, "postgres").await?;
                 let conn: &mut AsyncPgConnection = &mut object;
                 conn.transaction(async move |tx: &mut AsyncPgConnection| {
                     let mut conn = Conn::Pg(tx);
@@ -181,7 +191,7 @@ impl Db {
                 .await
             }
             Db::Sqlite { writer, .. } => {
-                let mut object = writer.get().await?;
+                let mut object = timed_get(writer, "sqlite_writer").await?;
                 let conn: &mut SqliteConn = &mut object;
                 conn.transaction(async move |tx: &mut SqliteConn| {
                     let mut conn = Conn::Sqlite(tx);
@@ -235,6 +245,20 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// Takes a connection from `pool`, recording how long that took.
+async fn timed_get<C>(pool: &Pool<C>, name: &'static str) -> Result<Object<C>>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    diesel_async::pooled_connection::AsyncDieselConnectionManager<C>:
+        deadpool::managed::Manager<Type = C, Error = diesel_async::pooled_connection::PoolError>,
+{
+    let start = std::time::Instant::now();
+    let object = pool.get().await;
+    metrics::histogram!(crate::telemetry::metrics::POOL_WAIT_SECONDS, "pool" => name)
+        .record(start.elapsed().as_secs_f64());
+    Ok(object?)
 }
 
 fn connection_error(error: ConnectionError) -> Error {

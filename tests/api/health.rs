@@ -97,7 +97,8 @@ async fn reflect_files(
     let mut stream =
         client.server_reflection_info(tokio_stream::iter(vec![request])).await.expect("reflection v1").into_inner();
     let response = stream.message().await.expect("message").expect("a response");
-    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) = response.message_response
+    let Some(v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        response.message_response
     else {
         panic!("unexpected reflection response: {response:?}");
     };

@@ -27,3 +27,4 @@ mod auth;
 mod contacts;
 mod health;
 mod helpers;
+mod ops;

@@ -1,5 +1,12 @@
-//! Logging: a tracing subscriber writing JSON lines or pretty text, filtered
-//! by `RUST_LOG` (default `info`). Tests leave it uninstalled and stay quiet.
+//! Observability: the tracing subscriber writing JSON lines or pretty text,
+//! filtered by `RUST_LOG` (default `info`; tests leave it uninstalled and stay
+//! quiet), the Prometheus metrics ([`metrics`]) and the tower layer that
+//! measures and logs every call ([`call`]).
+
+pub mod call;
+mod frames;
+pub mod metrics;
+pub mod trace_context;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 

@@ -1,0 +1,355 @@
+//! Operations as an operator sees them: metrics after real calls, request
+//! ids and trace context, limits and load shedding, deadlines, the drain on
+//! shutdown, and TLS.
+
+use std::{net::SocketAddr, time::Duration};
+
+use agenda::{
+    api::{Contact, CreateContactRequest, GetContactRequest, contact_service_client::ContactServiceClient},
+    config::{Options, Settings},
+    startup::Application,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{
+    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
+};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::helpers::{Backend, SECRET, postgres, token};
+
+on_both_backends!(
+    metrics_count_real_calls_with_grpc_prometheus_names,
+    request_ids_and_trace_context_are_echoed,
+    drain_refuses_new_calls_and_lets_in_flight_ones_finish,
+    drain_stops_after_the_grace_period,
+);
+
+/// A server started here rather than by `spawn_app`, so a test can stop it
+/// and see how `run_until_stopped` ends.
+pub struct OpsApp {
+    pub backend: Backend,
+    pub channel: Channel,
+    #[allow(dead_code)]
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub database_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for OpsApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub async fn spawn(backend: Backend, adjust: impl FnOnce(&mut Options)) -> OpsApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("agenda.db").display()),
+        Backend::Postgres => postgres().new_database().await,
+    };
+    let mut options = Options {
+        database_url: Some(database_url.clone()),
+        data_dir: Some(dir.path().to_path_buf()),
+        database_pool_size: Some(4),
+        listen: Some("127.0.0.1:0".parse().expect("address")),
+        metrics_listen: Some("127.0.0.1:0".parse().expect("address")),
+        auth_hs256_secret: Some(SECRET.to_string()),
+        shutdown_grace: Some(Duration::from_secs(5)),
+        ..Options::default()
+    };
+    adjust(&mut options);
+    let settings = Settings::resolve(options).expect("test settings resolve");
+    let app = Application::build(settings).await.expect("server builds");
+    let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
+    OpsApp { backend, channel, addr, metrics_addr, database_url, stop: Some(tx), server: Some(server), _dir: dir }
+}
+
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
+type Authed = InterceptedService<Channel, AddToken>;
+
+impl OpsApp {
+    /// A contact client for `tenant` on this app's channel.
+    pub fn contacts(&self, tenant: &str) -> ContactServiceClient<Authed> {
+        contacts_on(self.channel.clone(), tenant)
+    }
+
+    /// Starts the drain, as SIGTERM does.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server to return (the process would then exit with its result).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        self.server.take().expect("not yet stopped").await.expect("the server task does not panic")
+    }
+}
+
+pub fn contacts_on(channel: Channel, tenant: &str) -> ContactServiceClient<Authed> {
+    let value: MetadataValue<_> = format!("Bearer {}", token(tenant, "contacts.write")).parse().expect("ascii");
+    let interceptor: AddToken = Box::new(move |mut request: Request<()>| {
+        request.metadata_mut().insert("authorization", value.clone());
+        Ok(request)
+    });
+    ContactServiceClient::with_interceptor(channel, interceptor)
+}
+
+pub fn create(name: &str) -> CreateContactRequest {
+    CreateContactRequest {
+        contact: Some(Contact { display_name: name.to_string(), ..Default::default() }),
+        request_id: String::new(),
+    }
+}
+
+/// The body of `GET /metrics`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` whose labels include all of `labels`, 0 when absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+async fn metrics_count_real_calls_with_grpc_prometheus_names(backend: Backend) {
+    let app = spawn(backend, |_| {}).await;
+    let before = scrape(app.metrics_addr).await;
+    let mut contacts = app.contacts("metrics-tenant");
+    contacts.create_contact(create("Ada")).await.expect("create");
+    let missing = contacts
+        .get_contact(GetContactRequest { id: "01890000-0000-7000-8000-000000000000".into(), read_mask: None })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let refused = contacts_on(app.channel.clone(), "x");
+    let mut anonymous = ContactServiceClient::new(app.channel.clone());
+    let status = anonymous.create_contact(create("Bob")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    drop(refused);
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
+
+    let after = scrape(app.metrics_addr).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    let create_labels =
+        [("grpc_type", "unary"), ("grpc_service", "agenda.v1.ContactService"), ("grpc_method", "CreateContact")];
+    let get_labels =
+        [("grpc_type", "unary"), ("grpc_service", "agenda.v1.ContactService"), ("grpc_method", "GetContact")];
+    assert!(delta("grpc_server_started_total", &create_labels) >= 2.0, "{after}");
+    assert!(delta("grpc_server_handled_total", &[create_labels.as_slice(), &[("grpc_code", "OK")]].concat()) >= 1.0);
+    assert!(
+        delta("grpc_server_handled_total", &[create_labels.as_slice(), &[("grpc_code", "Unauthenticated")]].concat())
+            >= 1.0
+    );
+    assert!(delta("grpc_server_handled_total", &[get_labels.as_slice(), &[("grpc_code", "NotFound")]].concat()) >= 1.0);
+    // The refused call's message is never read.
+    assert!(delta("grpc_server_msg_received_total", &create_labels) >= 1.0);
+    assert!(delta("grpc_server_msg_sent_total", &create_labels) >= 1.0);
+    assert!(delta("grpc_server_handling_seconds_count", &create_labels) >= 2.0);
+    assert!(
+        sample(&after, "grpc_server_handling_seconds_bucket", &[create_labels.as_slice(), &[("le", "+Inf")]].concat())
+            >= 2.0
+    );
+    assert!(
+        delta(
+            "grpc_server_handled_total",
+            &[("grpc_service", "grpc.health.v1.Health"), ("grpc_method", "Check"), ("grpc_code", "OK")]
+        ) >= 1.0
+    );
+    let pool = if backend == Backend::Postgres { "postgres" } else { "sqlite_writer" };
+    assert!(after.contains(&format!("agenda_db_pool_size{{pool=\"{pool}\"}}")), "{after}");
+    assert!(after.contains("agenda_db_pool_idle{"), "{after}");
+    assert!(after.contains("agenda_db_pool_wait_seconds_bucket{"), "{after}");
+    assert!(sample(&after, "agenda_build_info", &[("version", env!("CARGO_PKG_VERSION"))]) == 1.0, "{after}");
+    assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
+}
+
+async fn request_ids_and_trace_context_are_echoed(backend: Backend) {
+    let app = spawn(backend, |_| {}).await;
+    let mut contacts = app.contacts("request-id-tenant");
+
+    let mut request = Request::new(create("Ada"));
+    request.metadata_mut().insert("x-request-id", "req-42".parse().expect("ascii"));
+    request
+        .metadata_mut()
+        .insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().expect("ascii"));
+    let response = contacts.create_contact(request).await.expect("create");
+    assert_eq!(response.metadata().get("x-request-id").and_then(|v| v.to_str().ok()), Some("req-42"));
+    let traceparent = response.metadata().get("traceparent").and_then(|v| v.to_str().ok()).expect("traceparent");
+    let parts: Vec<_> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the call gets a span of its own");
+    assert_eq!(parts[3], "01");
+
+    // Without one, an id is made; errors carry it too.
+    let status = contacts
+        .get_contact(GetContactRequest { id: "01890000-0000-7000-8000-000000000000".into(), read_mask: None })
+        .await
+        .unwrap_err();
+    let made = status.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).expect("a request id");
+    uuid::Uuid::parse_str(made).expect("a UUID");
+    assert!(status.metadata().get("traceparent").is_some());
+}
+
+/// A transaction on another connection that keeps the server's writes of
+/// contacts waiting: a table lock on PostgreSQL, the write lock on SQLite.
+pub enum Blocker {
+    Pg(Box<AsyncPgConnection>),
+    Sqlite(agenda::store::SqliteConn),
+}
+
+impl Blocker {
+    pub async fn hold(app: &OpsApp) -> Blocker {
+        match app.backend {
+            Backend::Postgres => {
+                let mut conn = AsyncPgConnection::establish(&app.database_url).await.expect("connect");
+                conn.batch_execute("BEGIN; LOCK TABLE contacts IN EXCLUSIVE MODE").await.expect("lock");
+                Blocker::Pg(Box::new(conn))
+            }
+            Backend::Sqlite => {
+                let path = app.database_url.trim_start_matches("sqlite://").to_string();
+                let mut conn = agenda::store::SqliteConn::establish(&path).await.expect("connect");
+                conn.batch_execute("BEGIN IMMEDIATE").await.expect("lock");
+                Blocker::Sqlite(conn)
+            }
+        }
+    }
+
+    /// Waits until a server query waits on the lock (PostgreSQL shows it;
+    /// SQLite's busy wait does not show, so it gets a moment instead).
+    pub async fn wait_for_waiters(&mut self, at_least: i64) {
+        match self {
+            Blocker::Pg(conn) => {
+                for _ in 0..200 {
+                    if lock_waiters(conn).await >= at_least {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no call came to wait on the lock");
+            }
+            Blocker::Sqlite(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+
+    pub async fn release(self) {
+        match self {
+            Blocker::Pg(mut conn) => conn.batch_execute("ROLLBACK").await.expect("rollback"),
+            Blocker::Sqlite(mut conn) => conn.batch_execute("ROLLBACK").await.expect("rollback"),
+        }
+    }
+}
+
+/// Queries of this database waiting on a lock.
+pub async fn lock_waiters(conn: &mut AsyncPgConnection) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .get_result::<Count>(conn)
+    .await
+    .expect("pg_stat_activity")
+    .n
+}
+
+async fn drain_refuses_new_calls_and_lets_in_flight_ones_finish(backend: Backend) {
+    let mut app = spawn(backend, |_| {}).await;
+    let mut contacts = app.contacts("drain-tenant");
+    contacts.create_contact(create("warm-up")).await.expect("create");
+    let mut health = HealthClient::new(app.channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest { service: "agenda.v1.ContactService".into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("a status").expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let mut blocker = Blocker::hold(&app).await;
+    let in_flight = tokio::spawn(async move { contacts.create_contact(create("in flight")).await });
+    blocker.wait_for_waiters(1).await;
+
+    app.signal_stop();
+    let update = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("health changes at once")
+        .expect("a status")
+        .expect("a status");
+    assert_eq!(update.status, ServingStatus::NotServing as i32, "health turns NOT_SERVING first");
+    drop(watch);
+
+    // New calls are refused (on a new connection: the listener is closed).
+    let mut refused = false;
+    for _ in 0..100 {
+        let channel = Channel::from_shared(format!("http://{}", app.addr)).expect("endpoint").connect_lazy();
+        let mut client = HealthClient::new(channel);
+        let check = client.check(HealthCheckRequest { service: String::new() });
+        if tokio::time::timeout(Duration::from_secs(1), check).await.map(|r| r.is_err()).unwrap_or(true) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "new calls are refused while draining");
+    assert!(!in_flight.is_finished(), "the in-flight call still waits on the lock");
+
+    blocker.release().await;
+    let created = in_flight.await.expect("task").expect("the in-flight call finishes");
+    assert_eq!(created.into_inner().display_name, "in flight");
+    tokio::time::timeout(Duration::from_secs(5), app.stopped())
+        .await
+        .expect("the server stops once the call is done")
+        .expect("and ends without error (exit 0)");
+}
+
+async fn drain_stops_after_the_grace_period(backend: Backend) {
+    let mut app = spawn(backend, |o| o.shutdown_grace = Some(Duration::from_millis(300))).await;
+    let mut contacts = app.contacts("grace-tenant");
+    contacts.create_contact(create("warm-up")).await.expect("create");
+    let mut blocker = Blocker::hold(&app).await;
+    let in_flight = tokio::spawn(async move { contacts.create_contact(create("too slow")).await });
+    blocker.wait_for_waiters(1).await;
+
+    let start = std::time::Instant::now();
+    app.signal_stop();
+    tokio::time::timeout(Duration::from_secs(3), app.stopped())
+        .await
+        .expect("the server stops after the grace period")
+        .expect("and ends without error (exit 0)");
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+    blocker.release().await;
+    in_flight.abort();
+}
