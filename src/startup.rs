@@ -15,6 +15,7 @@ use crate::{
     api::{self, contact_service_server::ContactServiceServer},
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
+    limits::LimitLayer,
     service::contact::ContactApi,
     store::Db,
     telemetry::{
@@ -121,6 +122,7 @@ impl Application {
         }
         let server = builder
             .layer(CallLayer::new(self.methods))
+            .layer(LimitLayer::new(settings.max_concurrent_calls, max))
             .layer(AuthLayer::new(self.authorizer))
             .add_service(health_service)
             .add_service(reflection_v1)

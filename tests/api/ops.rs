@@ -16,13 +16,16 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::helpers::{Backend, SECRET, postgres, token};
+use crate::helpers::{Backend, SECRET, assert_error, postgres, token};
 
 on_both_backends!(
     metrics_count_real_calls_with_grpc_prometheus_names,
     request_ids_and_trace_context_are_echoed,
     drain_refuses_new_calls_and_lets_in_flight_ones_finish,
     drain_stops_after_the_grace_period,
+    an_oversized_request_is_resource_exhausted,
+    a_deadline_ends_the_call_and_its_query,
+    overload_is_shed_while_health_and_reflection_answer,
 );
 
 /// A server started here rather than by `spawn_app`, so a test can stop it
@@ -352,4 +355,81 @@ async fn drain_stops_after_the_grace_period(backend: Backend) {
     assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
     blocker.release().await;
     in_flight.abort();
+}
+
+async fn an_oversized_request_is_resource_exhausted(backend: Backend) {
+    let app = spawn(backend, |o| o.max_message_bytes = Some(64 * 1024)).await;
+    let mut contacts = app.contacts("size-tenant");
+    let huge = "x".repeat(100 * 1024);
+    let status = contacts.create_contact(create(&huge)).await.unwrap_err();
+    let info = assert_error(&status, Code::ResourceExhausted, "MESSAGE_TOO_LARGE");
+    assert_eq!(info.metadata.get("limit_bytes").map(String::as_str), Some("65536"));
+    // The server is unharmed.
+    contacts.create_contact(create("small")).await.expect("a small request still works");
+}
+
+async fn a_deadline_ends_the_call_and_its_query(backend: Backend) {
+    let app = spawn(backend, |_| {}).await;
+    let mut contacts = app.contacts("deadline-tenant");
+    contacts.create_contact(create("warm-up")).await.expect("create");
+    let mut blocker = Blocker::hold(&app).await;
+
+    let mut request = Request::new(create("late"));
+    request.set_timeout(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let status = contacts.create_contact(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+
+    // The database stopped working on it too, while the lock is still held.
+    if let Blocker::Pg(conn) = &mut blocker {
+        let mut waiting = lock_waiters(conn).await;
+        for _ in 0..100 {
+            if waiting == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waiting = lock_waiters(conn).await;
+        }
+        assert_eq!(waiting, 0, "the query was cancelled with the call");
+    }
+    blocker.release().await;
+    contacts.create_contact(create("after")).await.expect("the server still works");
+}
+
+async fn overload_is_shed_while_health_and_reflection_answer(backend: Backend) {
+    use tonic_reflection::pb::v1;
+    let app = spawn(backend, |o| o.max_concurrent_calls = Some(1)).await;
+    let mut contacts = app.contacts("overload-tenant");
+    contacts.create_contact(create("warm-up")).await.expect("create");
+    let mut blocker = Blocker::hold(&app).await;
+    let mut busy = app.contacts("overload-tenant");
+    let in_flight = tokio::spawn(async move { busy.create_contact(create("holds the only slot")).await });
+    blocker.wait_for_waiters(1).await;
+
+    let status = contacts.create_contact(create("one too many")).await.unwrap_err();
+    assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    let mut health = HealthClient::new(app.channel.clone());
+    let serving = health.check(HealthCheckRequest { service: String::new() }).await.expect("health answers");
+    assert_eq!(serving.into_inner().status, ServingStatus::Serving as i32);
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.expect("reflection").into_inner();
+    stream.message().await.expect("reflection answers").expect("a response");
+
+    blocker.release().await;
+    in_flight.await.expect("task").expect("the admitted call finishes");
+    contacts.create_contact(create("after")).await.expect("calls are admitted again");
+    let metrics = scrape(app.metrics_addr).await;
+    assert!(
+        sample(
+            &metrics,
+            "grpc_server_handled_total",
+            &[("grpc_method", "CreateContact"), ("grpc_code", "ResourceExhausted")]
+        ) >= 1.0
+    );
 }
