@@ -8,6 +8,7 @@ pub mod devmode;
 pub mod domain;
 pub mod error;
 pub mod limits;
+pub mod listener;
 pub mod service;
 pub mod shutdown;
 pub mod startup;

@@ -4,10 +4,9 @@
 //! ([`Application::build`], then [`Application::port`] and
 //! [`Application::metrics_addr`]).
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -16,6 +15,7 @@ use crate::{
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
     limits::LimitLayer,
+    listener::{self, TlsReloader},
     service::contact::ContactApi,
     store::Db,
     telemetry::{
@@ -37,6 +37,7 @@ pub struct Application {
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
     methods: MethodTable,
+    tls: Option<Arc<TlsReloader>>,
     db: Db,
     settings: Settings,
     authorizer: Authorizer,
@@ -61,6 +62,10 @@ impl Application {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ])?;
+        let tls = match &settings.tls {
+            Some(files) => Some(Arc::new(TlsReloader::new(files.clone()).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen).await?;
         let addr = listener.local_addr()?;
         let metrics_listener = TcpListener::bind(settings.metrics_listen).await?;
@@ -71,6 +76,7 @@ impl Application {
             metrics_listener,
             metrics_addr,
             methods,
+            tls,
             db,
             settings,
             authorizer: Authorizer::new(verifier, scopes),
@@ -120,6 +126,9 @@ impl Application {
         if let Some(age) = settings.max_connection_age {
             builder = builder.max_connection_age(age);
         }
+        // Past its age plus the grace, a connection is closed whatever runs on it.
+        let lifetime = settings.max_connection_age.map(|age| age + settings.max_connection_age_grace);
+        let incoming = listener::incoming(self.listener, self.tls, lifetime);
         let server = builder
             .layer(CallLayer::new(self.methods))
             .layer(LimitLayer::new(settings.max_concurrent_calls, max))
@@ -128,7 +137,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(contacts)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });
         tokio::pin!(server);

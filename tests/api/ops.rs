@@ -26,6 +26,9 @@ on_both_backends!(
     an_oversized_request_is_resource_exhausted,
     a_deadline_ends_the_call_and_its_query,
     overload_is_shed_while_health_and_reflection_answer,
+    tls_serves_and_reloads_changed_certificates,
+    mtls_requires_a_client_certificate_from_the_ca,
+    connections_past_their_age_finish_calls_within_the_grace,
 );
 
 /// A server started here rather than by `spawn_app`, so a test can stop it
@@ -432,4 +435,138 @@ async fn overload_is_shed_while_health_and_reflection_answer(backend: Backend) {
             &[("grpc_method", "CreateContact"), ("grpc_code", "ResourceExhausted")]
         ) >= 1.0
     );
+}
+
+/// A test certificate authority.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().expect("key");
+        Ca { issuer: rcgen::CertifiedIssuer::self_signed(params, key).expect("CA") }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `name` and its key, in PEM.
+    fn issue(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn tls_channel(addr: SocketAddr, ca: &Ca, identity: Option<&(String, String)>) -> Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().domain_name("localhost").ca_certificate(Certificate::from_pem(ca.pem()));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://{addr}")).expect("endpoint").tls_config(tls).expect("tls").connect_lazy()
+}
+
+async fn healthy(channel: Channel) -> bool {
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest { service: String::new() });
+    matches!(tokio::time::timeout(Duration::from_secs(5), check).await, Ok(Ok(_)))
+}
+
+async fn tls_serves_and_reloads_changed_certificates(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let first = Ca::new("first CA");
+    let (cert, key) = first.issue("localhost");
+    std::fs::write(&cert_path, cert).expect("write");
+    std::fs::write(&key_path, key).expect("write");
+    let app = spawn(backend, |o| {
+        o.tls_cert = Some(cert_path.clone());
+        o.tls_key = Some(key_path.clone());
+    })
+    .await;
+
+    assert!(!healthy(app.channel.clone()).await, "plaintext is refused on a TLS port");
+    assert!(healthy(tls_channel(app.addr, &first, None)).await, "TLS with the server's CA works");
+    let mut contacts = contacts_on(tls_channel(app.addr, &first, None), "tls-tenant");
+    contacts.create_contact(create("over TLS")).await.expect("a call over TLS");
+
+    // A new certificate from another CA is picked up by new connections.
+    let second = Ca::new("second CA");
+    let (cert, key) = second.issue("localhost");
+    std::fs::write(&key_path, key).expect("write");
+    std::fs::write(&cert_path, cert).expect("write");
+    assert!(healthy(tls_channel(app.addr, &second, None)).await, "the reloaded certificate is served");
+    assert!(!healthy(tls_channel(app.addr, &first, None)).await, "the old certificate is gone");
+}
+
+async fn mtls_requires_a_client_certificate_from_the_ca(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert_path, key_path, ca_path) =
+        (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("clients.crt"));
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("client CA");
+    let (cert, key) = server_ca.issue("localhost");
+    std::fs::write(&cert_path, cert).expect("write");
+    std::fs::write(&key_path, key).expect("write");
+    std::fs::write(&ca_path, client_ca.pem()).expect("write");
+    let app = spawn(backend, |o| {
+        o.tls_cert = Some(cert_path.clone());
+        o.tls_key = Some(key_path.clone());
+        o.tls_client_ca = Some(ca_path.clone());
+    })
+    .await;
+
+    assert!(!healthy(tls_channel(app.addr, &server_ca, None)).await, "no client certificate is refused");
+    let stranger = Ca::new("another CA").issue("intruder");
+    assert!(!healthy(tls_channel(app.addr, &server_ca, Some(&stranger))).await, "a foreign certificate is refused");
+    let client = client_ca.issue("billing-service");
+    assert!(healthy(tls_channel(app.addr, &server_ca, Some(&client))).await, "the CA's client is served");
+    let mut contacts = contacts_on(tls_channel(app.addr, &server_ca, Some(&client)), "mtls-tenant");
+    contacts.create_contact(create("over mTLS")).await.expect("a call over mTLS");
+}
+
+async fn connections_past_their_age_finish_calls_within_the_grace(backend: Backend) {
+    let app = spawn(backend, |o| {
+        o.max_connection_age = Some(Duration::from_millis(300));
+        o.max_connection_age_grace = Some(Duration::from_millis(700));
+    })
+    .await;
+    let mut contacts = app.contacts("age-tenant");
+    let connected = std::time::Instant::now();
+    contacts.create_contact(create("warm-up")).await.expect("create");
+
+    // A call that runs past the age but ends within the grace succeeds.
+    let mut blocker = Blocker::hold(&app).await;
+    let mut busy = app.contacts("age-tenant");
+    let in_flight = tokio::spawn(async move { busy.create_contact(create("past the age")).await });
+    blocker.wait_for_waiters(1).await;
+    tokio::time::sleep(Duration::from_millis(350).saturating_sub(connected.elapsed())).await;
+    blocker.release().await;
+    in_flight.await.expect("task").expect("finishes within the grace");
+
+    // One that outlives age and grace is cut off with its connection.
+    let blocker = Blocker::hold(&app).await;
+    let start = std::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(5), contacts.create_contact(create("too long")))
+        .await
+        .expect("the connection is closed")
+        .unwrap_err();
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?} {status:?}", start.elapsed());
+    blocker.release().await;
+    // The channel notices the closed connection on first use at the latest.
+    let mut last = None;
+    for _ in 0..3 {
+        match contacts.create_contact(create("after")).await {
+            Ok(_) => return,
+            Err(status) => last = Some(status),
+        }
+    }
+    panic!("clients do not reconnect: {last:?}");
 }
