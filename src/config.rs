@@ -405,6 +405,22 @@ mod tests {
     }
 
     #[test]
+    fn operations_settings_have_defaults_and_checks() {
+        let settings = Settings::resolve(Options::default()).expect("defaults resolve");
+        assert_eq!(settings.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.max_connection_age, Some(Duration::from_secs(1800)));
+        assert_eq!(settings.tls, None);
+        let off = Options { max_connection_age: Some(Duration::ZERO), ..Options::default() };
+        assert_eq!(Settings::resolve(off).expect("resolves").max_connection_age, None);
+        let half = Options { tls_cert: Some("tls.crt".into()), ..Options::default() };
+        assert!(Settings::resolve(half).is_err(), "a certificate without its key is refused");
+        let ca_only = Options { tls_client_ca: Some("ca.crt".into()), ..Options::default() };
+        assert!(Settings::resolve(ca_only).is_err(), "a client CA without a certificate is refused");
+        assert!(Settings::resolve(Options { max_concurrent_calls: Some(0), ..Options::default() }).is_err());
+        assert!(Settings::resolve(Options { max_message_bytes: Some(0), ..Options::default() }).is_err());
+    }
+
+    #[test]
     fn secrets_are_not_printed() {
         let options = Options {
             auth_hs256_secret: Some("hunter2".into()),
