@@ -120,6 +120,7 @@ impl Application {
             .max_encoding_message_size(max);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
@@ -130,7 +131,7 @@ impl Application {
         let lifetime = settings.max_connection_age.map(|age| age + settings.max_connection_age_grace);
         let incoming = listener::incoming(self.listener, self.tls, lifetime);
         let server = builder
-            .layer(CallLayer::new(self.methods))
+            .layer(CallLayer::new(self.methods, draining_rx))
             .layer(LimitLayer::new(settings.max_concurrent_calls, max))
             .layer(AuthLayer::new(self.authorizer))
             .add_service(health_service)
@@ -152,6 +153,9 @@ impl Application {
         tracing::info!(grace = ?self.settings.shutdown_grace, "shutting down: draining in-flight calls");
         monitor.abort();
         set_all(&reporter, ServingStatus::NotServing).await;
+        // Streams end with UNAVAILABLE (after passing on NOT_SERVING), then the
+        // listener closes and connections get a GOAWAY.
+        let _ = draining_tx.send(true);
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace, server).await {
             Ok(result) => result?,

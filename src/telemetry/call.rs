@@ -3,10 +3,13 @@
 //! context, echoes both in the response metadata, counts the grpc-prometheus
 //! metrics, and logs one line when the call ends, with the real gRPC code read
 //! from the response headers (trailers-only answers, how tonic sends errors)
-//! or from the trailers at the end of the body.
+//! or from the trailers at the end of the body. When the server drains,
+//! streaming calls still open end with `UNAVAILABLE`, so that their clients
+//! move to another replica instead of holding the drain up to its grace.
 
 use std::{
     collections::HashMap,
+    future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll, ready},
@@ -18,6 +21,7 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use metrics::{Counter, Label};
+use tokio::sync::watch;
 use tonic::body::Body as TonicBody;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -123,13 +127,15 @@ impl MethodTable {
 #[derive(Clone, Debug)]
 pub struct CallLayer {
     methods: Arc<MethodTable>,
+    draining: watch::Receiver<bool>,
 }
 
 impl CallLayer {
-    /// A layer labelling calls from `methods`.
-    pub fn new(methods: MethodTable) -> Self {
+    /// A layer labelling calls from `methods`; streaming responses end with
+    /// `UNAVAILABLE` once `draining` turns true.
+    pub fn new(methods: MethodTable, draining: watch::Receiver<bool>) -> Self {
         super::metrics::handle();
-        CallLayer { methods: Arc::new(methods) }
+        CallLayer { methods: Arc::new(methods), draining }
     }
 }
 
@@ -137,7 +143,7 @@ impl<S> Layer<S> for CallLayer {
     type Service = CallService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallService { inner, methods: self.methods.clone() }
+        CallService { inner, methods: self.methods.clone(), draining: self.draining.clone() }
     }
 }
 
@@ -146,6 +152,7 @@ impl<S> Layer<S> for CallLayer {
 pub struct CallService<S> {
     inner: S,
     methods: Arc<MethodTable>,
+    draining: watch::Receiver<bool>,
 }
 
 impl<S> Service<Request<TonicBody>> for CallService<S>
@@ -196,6 +203,7 @@ where
             parent_span_id = %trace.parent_id_hex(),
         );
         let future = inner.call(request).instrument(span.clone());
+        let draining = matches!(method.kind, "server_stream" | "bidi_stream").then(|| self.draining.clone());
         Box::pin(async move {
             let mut response = future.await?;
             let headers = response.headers_mut();
@@ -217,6 +225,12 @@ where
                 span,
             };
             let sent = metrics::counter!("grpc_server_msg_sent_total", finish.labels.clone());
+            let response = match draining {
+                Some(draining) if finish.header_code.is_none() => {
+                    response.map(|body| TonicBody::new(Draining::new(body, draining)))
+                }
+                _ => response,
+            };
             Ok(response.map(|body| TonicBody::new(Counted::new(body, sent, Some(finish)))))
         })
     }
@@ -381,6 +395,70 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streaming response that ends with `UNAVAILABLE` trailers once the
+    /// server drains, after passing on what the stream has ready (so a
+    /// health watcher still sees NOT_SERVING first).
+    struct Draining<B> {
+        #[pin]
+        inner: B,
+        signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        ended: bool,
+    }
+}
+
+impl<B> Draining<B> {
+    fn new(inner: B, mut draining: watch::Receiver<bool>) -> Self {
+        let signal = Box::pin(async move {
+            // An error means the server is gone: drain as well.
+            let _ = draining.wait_for(|draining| *draining).await;
+        });
+        Draining { inner, signal: Some(signal), ended: false }
+    }
+}
+
+impl<B> Body for Draining<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(frame) = frame {
+            return Poll::Ready(frame);
+        }
+        let drained = match this.signal {
+            Some(signal) => signal.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if !drained {
+            return Poll::Pending;
+        }
+        *this.signal = None;
+        *this.ended = true;
+        let status = tonic::Status::unavailable("The server is shutting down; reconnect to another replica.");
+        let mut trailers = HeaderMap::new();
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", HeaderValue::from_static("14"));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

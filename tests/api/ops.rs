@@ -315,7 +315,12 @@ async fn drain_refuses_new_calls_and_lets_in_flight_ones_finish(backend: Backend
         .expect("a status")
         .expect("a status");
     assert_eq!(update.status, ServingStatus::NotServing as i32, "health turns NOT_SERVING first");
-    drop(watch);
+    // Then open streams end with UNAVAILABLE, so their clients go elsewhere.
+    let ended = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("the stream ends at once")
+        .expect_err("with a status");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
 
     // New calls are refused (on a new connection: the listener is closed).
     let mut refused = false;
