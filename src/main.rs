@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(options) => {
             let mut settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
-            telemetry::init(settings.log_format);
+            let telemetry = telemetry::init(settings.log_format);
             let dev = devmode::ensure_key(&mut settings)?;
             tracing::info!(?settings, "starting");
             let app = Application::build(settings).await?;
@@ -43,13 +43,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dev) = &dev {
                 println!("{}", devmode::banner(dev, app.port()));
             }
-            app.run_until_stopped(shutdown::signal()).await
+            let result = app.run_until_stopped(shutdown::signal()).await;
+            telemetry.shutdown().await;
+            result
         }
         Command::Migrate(options) => {
             let settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
-            telemetry::init(settings.log_format);
-            Db::migrate(&settings.database).await?;
-            Ok(())
+            let telemetry = telemetry::init(settings.log_format);
+            let result = Db::migrate(&settings.database).await;
+            telemetry.shutdown().await;
+            Ok(result?)
         }
         Command::Token(args) => {
             let settings = Settings::resolve(args.options).map_err(anyhow::Error::msg)?;

@@ -26,6 +26,38 @@ impl TraceContext {
         }
     }
 
+    /// When the call's span is exported (OTLP), continues the caller's trace
+    /// in it and takes the ids it was given, so that logs, the response
+    /// header and the exported span agree. Otherwise returns `self` unchanged.
+    pub fn exported_as(mut self, span: &tracing::Span) -> TraceContext {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if span.is_disabled() {
+            return self;
+        }
+        if let Some(parent) = self.parent_id {
+            let remote = SpanContext::new(
+                TraceId::from_bytes(self.trace_id),
+                SpanId::from_bytes(parent),
+                TraceFlags::new(self.flags),
+                true,
+                TraceState::default(),
+            );
+            if span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote)).is_err() {
+                // No OTLP layer: nothing is exported, the ids made here stand.
+                return self;
+            }
+        }
+        let context = span.context();
+        let exported = context.span().span_context().clone();
+        if exported.is_valid() {
+            self.trace_id = exported.trace_id().to_bytes();
+            self.span_id = exported.span_id().to_bytes();
+            self.flags = exported.trace_flags().to_u8();
+        }
+        self
+    }
+
     /// The `traceparent` header naming this call's span.
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.flags)
