@@ -185,22 +185,37 @@ where
         let received = metrics::counter!("grpc_server_msg_received_total", labels.clone());
         let mut request = request.map(|body| TonicBody::new(Counted::new(body, received, None)));
 
-        let span = tracing::info_span!(
-            "call",
-            method = %path,
-            request_id = %request_id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = %trace.parent_id_hex(),
-            otel.name = %path,
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        let trace = trace.exported_as(&span);
-        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
-        span.record("span_id", tracing::field::display(trace.span_id_hex()));
+        let (span, trace) = if super::otlp_enabled() {
+            let span = tracing::info_span!(
+                "call",
+                method = %path,
+                request_id = %request_id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent_span_id = %trace.parent_id_hex(),
+                otel.name = %path,
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let trace = trace.exported_as(&span);
+            span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+            span.record("span_id", tracing::field::display(trace.span_id_hex()));
+            (span, trace)
+        } else {
+            // Without export the span only carries the ids into log lines:
+            // fields set once, no records (each one re-formats the span).
+            let span = tracing::info_span!(
+                "call",
+                method = %path,
+                request_id = %request_id,
+                trace_id = %trace.trace_id_hex(),
+                span_id = %trace.span_id_hex(),
+                parent_span_id = %trace.parent_id_hex(),
+            );
+            (span, trace)
+        };
         let request_id_value = HeaderValue::from_str(&request_id).ok();
         let traceparent_value = HeaderValue::from_str(&trace.traceparent()).ok();
         // Handlers see the id and the trace context the call runs under.
@@ -282,9 +297,11 @@ impl Finish {
 
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let server_fault = matches!(code, 2 | 13 | 14 | 15);
-        self.span.record("rpc.grpc.status_code", code);
-        if server_fault {
-            self.span.record("otel.status_code", "ERROR");
+        if super::otlp_enabled() {
+            self.span.record("rpc.grpc.status_code", code);
+            if server_fault {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
         let _entered = self.span.enter();
         macro_rules! log {

@@ -15,11 +15,21 @@ mod frames;
 pub mod metrics;
 pub mod trace_context;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::LogFormat;
+
+/// Whether call spans are exported over OTLP (set once by [`init`]).
+static OTLP_ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether call spans are exported over OTLP.
+pub(crate) fn otlp_enabled() -> bool {
+    OTLP_ENABLED.load(Ordering::Relaxed)
+}
 
 /// What has to be flushed before the process ends.
 #[must_use = "call shutdown() before exiting so that buffered spans are exported"]
@@ -56,6 +66,7 @@ pub fn init(format: LogFormat) -> Telemetry {
         eprintln!("logging was already set up: {error}");
     }
     if provider.is_some() {
+        OTLP_ENABLED.store(true, Ordering::Relaxed);
         tracing::info!("exporting spans over OTLP");
     }
     Telemetry { provider }
