@@ -15,6 +15,19 @@
 //! - `AGENDA_RETENTION`: how long soft-deleted resources are kept (default 30d).
 //! - `AGENDA_PURGE_INTERVAL`: how often expired soft-deleted resources are purged (default 1m).
 //! - `AGENDA_HEALTH_INTERVAL`: how often the database is checked for the health service (default 5s).
+//! - `AGENDA_MAX_MESSAGE_BYTES`: largest request or response message (default 4 MiB); a larger
+//!   request is `RESOURCE_EXHAUSTED`.
+//! - `AGENDA_MAX_CONCURRENT_CALLS`: calls served at once per replica (default 512); beyond it calls
+//!   are shed with `RESOURCE_EXHAUSTED` / `OVERLOADED` (health and reflection always answer).
+//! - `AGENDA_MAX_CONNECTION_AGE`: after this long a connection is asked to go away (HTTP/2 GOAWAY)
+//!   so clients reconnect and load spreads over new replicas (default 30m; `0s` turns it off).
+//! - `AGENDA_MAX_CONNECTION_AGE_GRACE`: how long calls may still run on a connection past its age
+//!   before it is closed (default 30s).
+//! - `AGENDA_HTTP2_KEEPALIVE_INTERVAL`, `AGENDA_HTTP2_KEEPALIVE_TIMEOUT`: HTTP/2 pings that find
+//!   dead connections (default 30s and 10s).
+//! - `AGENDA_TLS_CERT`, `AGENDA_TLS_KEY`: PEM certificate chain and private key; when set, gRPC is
+//!   served over TLS (plaintext h2c otherwise). Reloaded when the files change.
+//! - `AGENDA_TLS_CLIENT_CA`: PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
 
 use std::{
     fmt,
@@ -131,6 +144,37 @@ pub struct Options {
     #[arg(long, env = "AGENDA_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub health_interval: Option<Duration>,
+    /// Largest request or response message in bytes [default: 4194304].
+    #[arg(long, env = "AGENDA_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Calls served at once; more are shed with RESOURCE_EXHAUSTED [default: 512].
+    #[arg(long, env = "AGENDA_MAX_CONCURRENT_CALLS")]
+    pub max_concurrent_calls: Option<usize>,
+    /// Age after which a connection is asked to go away, so load rebalances; 0s turns it off [default: 30m].
+    #[arg(long, env = "AGENDA_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may still run on a connection past its age [default: 30s].
+    #[arg(long, env = "AGENDA_MAX_CONNECTION_AGE_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_connection_age_grace: Option<Duration>,
+    /// Interval of HTTP/2 keepalive pings [default: 30s].
+    #[arg(long, env = "AGENDA_HTTP2_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed [default: 10s].
+    #[arg(long, env = "AGENDA_HTTP2_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub http2_keepalive_timeout: Option<Duration>,
+    /// PEM certificate chain; with --tls-key, serves gRPC over TLS. Reloaded when it changes.
+    #[arg(long, env = "AGENDA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate. Reloaded when it changes.
+    #[arg(long, env = "AGENDA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "AGENDA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 mod humantime_serde_opt {
@@ -195,6 +239,31 @@ pub struct Settings {
     pub purge_interval: Duration,
     /// How often the database is checked for health.
     pub health_interval: Duration,
+    /// Largest message in bytes.
+    pub max_message_bytes: usize,
+    /// Calls served at once before load is shed.
+    pub max_concurrent_calls: usize,
+    /// Connection age before GOAWAY; `None` when off.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may run on past the connection age.
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    pub http2_keepalive_timeout: Duration,
+    /// TLS files; `None` serves plaintext h2c.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of the TLS configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle that client certificates must chain to (mTLS), when set.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for Settings {
@@ -214,6 +283,13 @@ impl fmt::Debug for Settings {
             .field("retention", &self.retention)
             .field("purge_interval", &self.purge_interval)
             .field("health_interval", &self.health_interval)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("max_connection_age", &self.max_connection_age)
+            .field("max_connection_age_grace", &self.max_connection_age_grace)
+            .field("http2_keepalive_interval", &self.http2_keepalive_interval)
+            .field("http2_keepalive_timeout", &self.http2_keepalive_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -240,6 +316,20 @@ impl Settings {
         if pool_size == 0 {
             return Err("AGENDA_DATABASE_POOL_SIZE must be at least 1".into());
         }
+        let max_message_bytes = pick!(max_message_bytes).unwrap_or(4 * 1024 * 1024);
+        if max_message_bytes == 0 {
+            return Err("AGENDA_MAX_MESSAGE_BYTES must be at least 1".into());
+        }
+        let max_concurrent_calls = pick!(max_concurrent_calls).unwrap_or(512);
+        if max_concurrent_calls == 0 {
+            return Err("AGENDA_MAX_CONCURRENT_CALLS must be at least 1".into());
+        }
+        let tls = match (pick!(tls_cert), pick!(tls_key), pick!(tls_client_ca)) {
+            (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => return Err("AGENDA_TLS_CLIENT_CA needs AGENDA_TLS_CERT and AGENDA_TLS_KEY".into()),
+            _ => return Err("AGENDA_TLS_CERT and AGENDA_TLS_KEY must be set together".into()),
+        };
         Ok(Settings {
             database,
             embedded_default,
@@ -256,6 +346,14 @@ impl Settings {
             retention,
             purge_interval: pick!(purge_interval).unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(10)),
             health_interval: pick!(health_interval).unwrap_or(Duration::from_secs(5)).max(Duration::from_millis(10)),
+            max_message_bytes,
+            max_concurrent_calls,
+            max_connection_age: Some(pick!(max_connection_age).unwrap_or(Duration::from_secs(30 * 60)))
+                .filter(|age| !age.is_zero()),
+            max_connection_age_grace: pick!(max_connection_age_grace).unwrap_or(Duration::from_secs(30)),
+            http2_keepalive_interval: pick!(http2_keepalive_interval).unwrap_or(Duration::from_secs(30)),
+            http2_keepalive_timeout: pick!(http2_keepalive_timeout).unwrap_or(Duration::from_secs(10)),
+            tls,
         })
     }
 
@@ -322,6 +420,22 @@ mod tests {
         std::fs::write(&path, "lisen = \"x\"\n").expect("write");
         assert!(Settings::resolve(Options { config: Some(path), ..Options::default() }).is_err());
         assert!(parse_database_url("mysql://x").is_err());
+    }
+
+    #[test]
+    fn operations_settings_have_defaults_and_checks() {
+        let settings = Settings::resolve(Options::default()).expect("defaults resolve");
+        assert_eq!(settings.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.max_connection_age, Some(Duration::from_secs(1800)));
+        assert_eq!(settings.tls, None);
+        let off = Options { max_connection_age: Some(Duration::ZERO), ..Options::default() };
+        assert_eq!(Settings::resolve(off).expect("resolves").max_connection_age, None);
+        let half = Options { tls_cert: Some("tls.crt".into()), ..Options::default() };
+        assert!(Settings::resolve(half).is_err(), "a certificate without its key is refused");
+        let ca_only = Options { tls_client_ca: Some("ca.crt".into()), ..Options::default() };
+        assert!(Settings::resolve(ca_only).is_err(), "a client CA without a certificate is refused");
+        assert!(Settings::resolve(Options { max_concurrent_calls: Some(0), ..Options::default() }).is_err());
+        assert!(Settings::resolve(Options { max_message_bytes: Some(0), ..Options::default() }).is_err());
     }
 
     #[test]

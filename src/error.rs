@@ -41,6 +41,8 @@ pub enum Reason {
     NotDeleted,
     CursorExpired,
     Overloaded,
+    MessageTooLarge,
+    DeadlineExceeded,
     DatabaseUnavailable,
     MethodUnknown,
     Internal,
@@ -73,6 +75,8 @@ impl Reason {
             Reason::NotDeleted => "NOT_DELETED",
             Reason::CursorExpired => "CURSOR_EXPIRED",
             Reason::Overloaded => "OVERLOADED",
+            Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Reason::MethodUnknown => "METHOD_UNKNOWN",
             Reason::Internal => "INTERNAL",
@@ -135,6 +139,12 @@ pub enum Error {
     /// The server is shedding load.
     #[error("the server is overloaded; retry with backoff")]
     Overloaded,
+    /// A request message is larger than the server accepts.
+    #[error("a request message is larger than {limit} bytes")]
+    MessageTooLarge { limit: usize },
+    /// The caller's deadline (`grpc-timeout`) ran out.
+    #[error("the call's deadline ran out")]
+    DeadlineExceeded,
     /// The RPC is not part of the contract.
     #[error("method {0} is not part of this service")]
     UnknownMethod(String),
@@ -171,6 +181,8 @@ impl Error {
             Error::Duplicate { .. } => Reason::Duplicate,
             Error::EtagMismatch { .. } => Reason::EtagMismatch,
             Error::Overloaded => Reason::Overloaded,
+            Error::MessageTooLarge { .. } => Reason::MessageTooLarge,
+            Error::DeadlineExceeded => Reason::DeadlineExceeded,
             Error::UnknownMethod(_) | Error::NotServedYet(_) => Reason::MethodUnknown,
             Error::Database(_) => Reason::DatabaseUnavailable,
             Error::Internal(_) => Reason::Internal,
@@ -283,6 +295,18 @@ impl From<Error> for Status {
             Error::Overloaded => {
                 details.set_retry_info(Some(Duration::from_millis(100)));
                 (Code::ResourceExhausted, "The server is overloaded; retry with backoff.".to_string())
+            }
+            Error::MessageTooLarge { limit } => {
+                metadata.insert("limit_bytes".to_string(), limit.to_string());
+                (
+                    Code::ResourceExhausted,
+                    format!(
+                        "A request message is larger than the {limit} bytes this server accepts; send less per call."
+                    ),
+                )
+            }
+            Error::DeadlineExceeded => {
+                (Code::DeadlineExceeded, "The call's deadline (grpc-timeout) ran out before it finished.".to_string())
             }
             Error::UnknownMethod(path) => (Code::Unimplemented, format!("The method {path} does not exist.")),
             Error::NotServedYet(method) => {

@@ -3,9 +3,12 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod deadline;
 pub mod devmode;
 pub mod domain;
 pub mod error;
+pub mod limits;
+pub mod listener;
 pub mod query;
 pub mod service;
 pub mod shutdown;

@@ -21,7 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Calls still running after the drain's grace (a SQLite query waiting on
+    // its lock) must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -35,7 +39,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(options) => {
             let mut settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
-            telemetry::init(settings.log_format);
+            let telemetry = telemetry::init(settings.log_format);
             let dev = devmode::ensure_key(&mut settings)?;
             tracing::info!(?settings, "starting");
             let app = Application::build(settings).await?;
@@ -43,13 +47,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(dev) = &dev {
                 println!("{}", devmode::banner(dev, app.port()));
             }
-            app.run_until_stopped(shutdown::signal()).await
+            let result = app.run_until_stopped(shutdown::signal()).await;
+            telemetry.shutdown().await;
+            result
         }
         Command::Migrate(options) => {
             let settings = Settings::resolve(options).map_err(anyhow::Error::msg)?;
-            telemetry::init(settings.log_format);
-            Db::migrate(&settings.database).await?;
-            Ok(())
+            let telemetry = telemetry::init(settings.log_format);
+            let result = Db::migrate(&settings.database).await;
+            telemetry.shutdown().await;
+            Ok(result?)
         }
         Command::Token(args) => {
             let settings = Settings::resolve(args.options).map_err(anyhow::Error::msg)?;

@@ -1,22 +1,27 @@
-//! Builds the server from settings and runs it: migrations, pools, the auth
-//! layer, health, reflection and the services. Tests drive it the same way
-//! with port 0 ([`Application::build`], then [`Application::port`]).
+//! Builds the server from settings and runs it: migrations, pools, the tower
+//! stack (observe → limits → auth), health, reflection, the services and the
+//! metrics endpoint. Tests drive it the same way with port 0
+//! ([`Application::build`], then [`Application::port`] and
+//! [`Application::metrics_addr`]).
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::{
-    server::NamedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     api::{self, contact_service_server::ContactServiceServer},
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
+    limits::LimitLayer,
+    listener::{self, TlsReloader},
     service::contact::ContactApi,
     store::Db,
+    telemetry::{
+        self,
+        call::{CallLayer, MethodTable},
+    },
 };
 
 /// The gRPC services whose health is reported besides the overall `""`.
@@ -26,6 +31,10 @@ const SERVICES: &[&str] = &[<ContactServiceServer<ContactApi> as NamedService>::
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
+    methods: MethodTable,
+    tls: Option<Arc<TlsReloader>>,
     db: Db,
     settings: Settings,
     authorizer: Authorizer,
@@ -44,9 +53,31 @@ impl Application {
         let scopes = ScopeMap::from_descriptor_set(api::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
         Db::migrate(&settings.database).await?;
         let db = Db::connect(&settings.database, settings.database_pool_size)?;
+        let methods = MethodTable::from_descriptor_sets(&[
+            api::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])?;
+        let tls = match &settings.tls {
+            Some(files) => Some(Arc::new(TlsReloader::new(files.clone()).map_err(anyhow::Error::msg)?)),
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen).await?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, db, settings, authorizer: Authorizer::new(verifier, scopes) })
+        let metrics_listener = TcpListener::bind(settings.metrics_listen).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        Ok(Application {
+            listener,
+            addr,
+            metrics_listener,
+            metrics_addr,
+            methods,
+            tls,
+            db,
+            settings,
+            authorizer: Authorizer::new(verifier, scopes),
+        })
     }
 
     /// The port the server listens on (the real one when 0 was asked for).
@@ -59,6 +90,11 @@ impl Application {
         self.addr
     }
 
+    /// The address of the Prometheus endpoint (`/metrics`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
     /// Serves until `shutdown` completes, then drains: health turns
     /// NOT_SERVING, new connections are refused, and in-flight calls get the
     /// grace period to finish.
@@ -67,18 +103,34 @@ impl Application {
         set_all(&reporter, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone(), self.settings.health_interval));
         let purger = tokio::spawn(purge_periodically(self.db.clone(), self.settings.purge_interval));
+        let metrics = tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.db.clone()));
+        let _metrics_guard = AbortOnDrop(metrics);
 
-        let reflection_v1 = reflection_builder().build_v1()?;
-        let reflection_v1alpha = reflection_builder().build_v1alpha()?;
-        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), self.settings.retention));
+        let settings = &self.settings;
+        let max = settings.max_message_bytes;
+        let health_service = health_service.max_decoding_message_size(max).max_encoding_message_size(max);
+        let reflection_v1 =
+            reflection_builder().build_v1()?.max_decoding_message_size(max).max_encoding_message_size(max);
+        let reflection_v1alpha =
+            reflection_builder().build_v1alpha()?.max_decoding_message_size(max).max_encoding_message_size(max);
+        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), settings.retention))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
 
-        // Without TCP_NODELAY, small HTTP/2 frames wait for delayed ACKs (~40 ms a call).
-        let incoming =
-            TcpIncoming::from(self.listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
+        if let Some(age) = settings.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        // Past its age plus the grace, a connection is closed whatever runs on it.
+        let lifetime = settings.max_connection_age.map(|age| age + settings.max_connection_age_grace);
+        let incoming = listener::incoming(self.listener, self.tls, lifetime);
+        let server = builder
+            .layer(CallLayer::new(self.methods, draining_rx))
+            .layer(LimitLayer::new(settings.max_concurrent_calls, max))
             .layer(AuthLayer::new(self.authorizer))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -101,6 +153,9 @@ impl Application {
         monitor.abort();
         purger.abort();
         set_all(&reporter, ServingStatus::NotServing).await;
+        // Streams end with UNAVAILABLE (after passing on NOT_SERVING), then the
+        // listener closes and connections get a GOAWAY.
+        let _ = draining_tx.send(true);
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace, server).await {
             Ok(result) => result?,
@@ -110,6 +165,15 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -12,11 +12,19 @@ use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
 use super::{Principal, ScopeMap, Verifier, scope::Declared, token::TokenError};
-use crate::error::{Error, Reason};
+use crate::{
+    error::{Error, Reason},
+    telemetry::call::CallTenant,
+};
 
 /// Paths served to anyone: health checks and reflection.
 const PUBLIC_PREFIXES: &[&str] =
     &["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"];
+
+/// Whether `path` is served to anyone (and never shed under load).
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_PREFIXES.iter().any(|prefix| path.starts_with(prefix))
+}
 
 /// Decides, for a path and its headers, who the caller is and whether it may call.
 #[derive(Clone, Debug)]
@@ -33,7 +41,7 @@ impl Authorizer {
 
     /// `Ok(None)` for a public path, the verified caller for an allowed call.
     pub async fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Principal>, Error> {
-        if PUBLIC_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
+        if is_public(path) {
             return Ok(None);
         }
         let declared = self.scopes.get(path).ok_or_else(|| Error::UnknownMethod(path.to_string()))?;
@@ -132,6 +140,9 @@ where
             match authorizer.authorize(request.uri().path(), request.headers()).await {
                 Ok(principal) => {
                     if let Some(principal) = principal {
+                        if let Some(tenant) = request.extensions().get::<CallTenant>() {
+                            tenant.set(&principal.tenant);
+                        }
                         request.extensions_mut().insert(principal);
                     }
                     inner.call(request).await

@@ -5,7 +5,7 @@ mod layer;
 mod scope;
 mod token;
 
-pub use layer::{AuthLayer, Authorizer};
+pub use layer::{AuthLayer, Authorizer, is_public};
 pub use scope::{Scope, ScopeMap, ScopeSet};
 pub use token::{Claims, TokenError, Verifier, VerifierConfig, mint_hs256};
 

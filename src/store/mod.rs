@@ -23,6 +23,7 @@ use futures::FutureExt;
 
 use crate::{
     config::Database,
+    deadline,
     error::{Error, Result},
 };
 
@@ -155,16 +156,28 @@ impl Db {
         matches!(self, Db::Pg(_))
     }
 
+    /// The status of each pool, by name, for the metrics.
+    pub fn pool_status(&self) -> Vec<(&'static str, deadpool::Status)> {
+        match self {
+            Db::Pg(pool) => vec![("postgres", pool.status())],
+            Db::Sqlite { writer, readers } => {
+                vec![("sqlite_writer", writer.status()), ("sqlite_readers", readers.status())]
+            }
+        }
+    }
+
     /// A connection for reads outside a transaction.
     pub async fn read(&self) -> Result<Pooled> {
         Ok(match self {
-            Db::Pg(pool) => Pooled::Pg(pool.get().await?),
-            Db::Sqlite { readers, .. } => Pooled::Sqlite(readers.get().await?),
+            Db::Pg(pool) => Pooled::Pg(timed_get(pool, "postgres").await?),
+            Db::Sqlite { readers, .. } => Pooled::Sqlite(timed_get(readers, "sqlite_readers").await?),
         })
     }
 
     /// Runs `body` in one transaction: committed when it returns `Ok`, rolled
-    /// back when it returns `Err` (or when the call is cancelled).
+    /// back when it returns `Err` (or when the call is cancelled). On
+    /// PostgreSQL the call's deadline ([`crate::deadline`]) becomes the
+    /// transaction's `statement_timeout`.
     pub async fn write<T, F>(&self, body: F) -> Result<T>
     where
         T: Send + 'static,
@@ -172,22 +185,57 @@ impl Db {
     {
         match self {
             Db::Pg(pool) => {
-                let mut object = pool.get().await?;
+                let mut object = timed_get(pool, "postgres").await?;
                 let conn: &mut AsyncPgConnection = &mut object;
-                conn.transaction(async move |tx: &mut AsyncPgConnection| {
-                    let mut conn = Conn::Pg(tx);
-                    body(&mut conn).await
-                })
-                .await
+                let result = conn
+                    .transaction(async move |tx: &mut AsyncPgConnection| {
+                        // The database stops when the caller has: a statement still
+                        // running (or waiting on a lock) at the deadline is cancelled.
+                        if let Some(left) = deadline::remaining() {
+                            let ms = left.as_millis();
+                            if ms == 0 {
+                                return Err(Error::DeadlineExceeded);
+                            }
+                            tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}")).await?;
+                        }
+                        let mut conn = Conn::Pg(tx);
+                        body(&mut conn).await
+                    })
+                    .await;
+                match result {
+                    Err(Error::Database(_)) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
+                        Err(Error::DeadlineExceeded)
+                    }
+                    other => other,
+                }
             }
             Db::Sqlite { writer, .. } => {
-                let mut object = writer.get().await?;
+                let mut object = timed_get(writer, "sqlite_writer").await?;
                 let conn: &mut SqliteConn = &mut object;
-                conn.transaction(async move |tx: &mut SqliteConn| {
-                    let mut conn = Conn::Sqlite(tx);
-                    body(&mut conn).await
-                })
-                .await
+                // SQLite has no statement timeout: the wait for the write lock
+                // is what a deadline can shorten.
+                let left = deadline::remaining().map(|left| left.as_millis().min(u128::from(SQLITE_BUSY_TIMEOUT_MS)));
+                if let Some(ms) = left {
+                    if ms == 0 {
+                        return Err(Error::DeadlineExceeded);
+                    }
+                    conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}")).await?;
+                }
+                let result = conn
+                    .transaction(async move |tx: &mut SqliteConn| {
+                        let mut conn = Conn::Sqlite(tx);
+                        body(&mut conn).await
+                    })
+                    .await;
+                if left.is_some() {
+                    conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await?;
+                }
+                match result {
+                    Err(Error::Database(_)) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
+                        Err(Error::DeadlineExceeded)
+                    }
+                    other => other,
+                }
             }
         }
     }
@@ -259,6 +307,20 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// Takes a connection from `pool`, recording how long that took.
+async fn timed_get<C>(pool: &Pool<C>, name: &'static str) -> Result<Object<C>>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    diesel_async::pooled_connection::AsyncDieselConnectionManager<C>:
+        deadpool::managed::Manager<Type = C, Error = diesel_async::pooled_connection::PoolError>,
+{
+    let start = std::time::Instant::now();
+    let object = pool.get().await;
+    metrics::histogram!(crate::telemetry::metrics::POOL_WAIT_SECONDS, "pool" => name)
+        .record(start.elapsed().as_secs_f64());
+    Ok(object?)
 }
 
 fn connection_error(error: ConnectionError) -> Error {

@@ -30,3 +30,4 @@ mod contact_updates;
 mod contacts;
 mod health;
 mod helpers;
+mod ops;

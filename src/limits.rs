@@ -1,0 +1,118 @@
+//! The tower layer that keeps one replica within its limits: it sheds calls
+//! beyond `AGENDA_MAX_CONCURRENT_CALLS` (`RESOURCE_EXHAUSTED` / `OVERLOADED`;
+//! health and reflection are never shed, so probes keep answering), honours
+//! the caller's `grpc-timeout` (`DEADLINE_EXCEEDED`, with the deadline handed
+//! to the store through [`crate::deadline`]), and turns tonic's answer to an
+//! oversized request into a clear `RESOURCE_EXHAUSTED` / `MESSAGE_TOO_LARGE`.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use tokio::{sync::Semaphore, time::Instant};
+use tower::{Layer, Service};
+
+use crate::{auth::is_public, deadline, error::Error};
+
+/// tonic's own `grpc-timeout` timer sits outside this layer and answers
+/// `CANCELLED`, and the caller's timer fires at the deadline too; ours ends
+/// the call this much earlier so that the answer is `DEADLINE_EXCEEDED` and
+/// reaches the caller before its own timer does.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(10);
+
+/// Sheds load, enforces deadlines and names oversized requests.
+#[derive(Clone, Debug)]
+pub struct LimitLayer {
+    permits: Arc<Semaphore>,
+    max_message_bytes: usize,
+}
+
+impl LimitLayer {
+    /// At most `max_calls` calls at once (over all connections); requests up to `max_message_bytes`.
+    pub fn new(max_calls: usize, max_message_bytes: usize) -> Self {
+        LimitLayer { permits: Arc::new(Semaphore::new(max_calls)), max_message_bytes }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = LimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitService { inner, permits: self.permits.clone(), max_message_bytes: self.max_message_bytes }
+    }
+}
+
+/// The service of [`LimitLayer`].
+#[derive(Clone, Debug)]
+pub struct LimitService<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    max_message_bytes: usize,
+}
+
+impl<S, B> Service<Request<B>> for LimitService<S>
+where
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let permit = if is_public(request.uri().path()) {
+            None
+        } else {
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return Box::pin(async { Ok(tonic::Status::from(Error::Overloaded).into_http()) }),
+            }
+        };
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(deadline::parse_grpc_timeout)
+            .map(|timeout| Instant::now() + timeout.saturating_sub(DEADLINE_MARGIN));
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max_message_bytes = self.max_message_bytes;
+        Box::pin(async move {
+            let mut call = Box::pin(deadline::scope(deadline, inner.call(request)));
+            let response = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, &mut call).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        // Cancelling a SQLite query waits for its blocking thread;
+                        // the caller is answered now and the call is dropped aside.
+                        tokio::spawn(async move { drop(call) });
+                        return Ok(tonic::Status::from(Error::DeadlineExceeded).into_http());
+                    }
+                },
+                None => call.await?,
+            };
+            drop(permit);
+            if is_too_large(response.headers()) {
+                return Ok(tonic::Status::from(Error::MessageTooLarge { limit: max_message_bytes }).into_http());
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Whether this is tonic's trailers-only answer to a request message over
+/// the decoding limit (`OUT_OF_RANGE`, "decoded message length too large").
+fn is_too_large(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11")
+        && tonic::Status::from_header_map(headers)
+            .is_some_and(|status| status.message().contains("decoded message length too large"))
+}
