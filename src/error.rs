@@ -148,9 +148,6 @@ pub enum Error {
     /// The RPC is not part of the contract.
     #[error("method {0} is not part of this service")]
     UnknownMethod(String),
-    /// The RPC is in the contract but this build does not serve it yet.
-    #[error("{0} is not available in this version")]
-    NotServedYet(&'static str),
     /// The database could not be reached or failed; retryable. The cause is
     /// logged, never sent.
     #[error("database unavailable: {0}")]
@@ -183,7 +180,7 @@ impl Error {
             Error::Overloaded => Reason::Overloaded,
             Error::MessageTooLarge { .. } => Reason::MessageTooLarge,
             Error::DeadlineExceeded => Reason::DeadlineExceeded,
-            Error::UnknownMethod(_) | Error::NotServedYet(_) => Reason::MethodUnknown,
+            Error::UnknownMethod(_) => Reason::MethodUnknown,
             Error::Database(_) => Reason::DatabaseUnavailable,
             Error::Internal(_) => Reason::Internal,
         }
@@ -309,9 +306,6 @@ impl From<Error> for Status {
                 (Code::DeadlineExceeded, "The call's deadline (grpc-timeout) ran out before it finished.".to_string())
             }
             Error::UnknownMethod(path) => (Code::Unimplemented, format!("The method {path} does not exist.")),
-            Error::NotServedYet(method) => {
-                (Code::Unimplemented, format!("{method} is part of the contract but not served by this version yet."))
-            }
             Error::Database(cause) => {
                 tracing::error!(error = %cause, "database failure");
                 details.set_retry_info(Some(Duration::from_secs(1)));

@@ -60,6 +60,10 @@ pub struct TestApp {
     pub channel: Channel,
     /// Its database URL (sqlite://… or postgres://…).
     pub database_url: String,
+    /// The gRPC address.
+    pub addr: std::net::SocketAddr,
+    /// The address of `/metrics`.
+    pub metrics_addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -101,13 +105,14 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Options))
     adjust(&mut options);
     let settings = Settings::resolve(options).expect("test settings resolve");
     let app = Application::build(settings).await.expect("server builds");
-    let endpoint = format!("http://127.0.0.1:{}", app.port());
+    let (addr, metrics_addr) = (app.local_addr(), app.metrics_addr());
+    let endpoint = format!("http://{addr}");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     let channel = Channel::from_shared(endpoint).expect("endpoint").connect_lazy();
-    TestApp { backend, channel, database_url, shutdown: Some(tx), server: Some(server), _dir: dir }
+    TestApp { backend, channel, database_url, addr, metrics_addr, shutdown: Some(tx), server: Some(server), _dir: dir }
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -126,6 +131,12 @@ impl Interceptor for Bearer {
 /// A contact client.
 pub type Contacts = ContactServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// A contact client on `channel` for `tenant` with the contact scopes.
+pub fn contacts_on(channel: Channel, tenant: &str) -> Contacts {
+    let bearer = Bearer(Some(format!("Bearer {}", token(tenant, "contacts.write")).parse().expect("ascii token")));
+    ContactServiceClient::with_interceptor(channel, bearer)
+}
+
 impl TestApp {
     /// A contact client sending `token` (none when `None`).
     pub fn contacts_with(&self, token: Option<&str>) -> Contacts {
@@ -133,9 +144,21 @@ impl TestApp {
         ContactServiceClient::with_interceptor(self.channel.clone(), bearer)
     }
 
+    /// Starts the drain, as SIGTERM does.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server to return (the process would then exit with its result).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        self.server.take().expect("not yet stopped").await.expect("the server task does not panic")
+    }
+
     /// A contact client for `tenant` with the contact scopes.
     pub fn contacts(&self, tenant: &str) -> Contacts {
-        self.contacts_with(Some(&token(tenant, "contacts.write")))
+        contacts_on(self.channel.clone(), tenant)
     }
 }
 

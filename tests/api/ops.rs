@@ -4,19 +4,13 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use agenda::{
-    api::{Contact, CreateContactRequest, GetContactRequest, contact_service_client::ContactServiceClient},
-    config::{Options, Settings},
-    startup::Application,
-};
+use agenda::api::{Contact, CreateContactRequest, GetContactRequest, contact_service_client::ContactServiceClient};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{
-    Code, Request, Status, metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel,
-};
+use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::helpers::{Backend, SECRET, assert_error, postgres, token};
+use crate::helpers::{Backend, TestApp, assert_error, contacts_on, spawn_app_with as spawn};
 
 on_both_backends!(
     metrics_count_real_calls_with_grpc_prometheus_names,
@@ -30,88 +24,6 @@ on_both_backends!(
     mtls_requires_a_client_certificate_from_the_ca,
     connections_past_their_age_finish_calls_within_the_grace,
 );
-
-/// A server started here rather than by `spawn_app`, so a test can stop it
-/// and see how `run_until_stopped` ends.
-pub struct OpsApp {
-    pub backend: Backend,
-    pub channel: Channel,
-    #[allow(dead_code)]
-    pub addr: SocketAddr,
-    pub metrics_addr: SocketAddr,
-    pub database_url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for OpsApp {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-    }
-}
-
-pub async fn spawn(backend: Backend, adjust: impl FnOnce(&mut Options)) -> OpsApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let database_url = match backend {
-        Backend::Sqlite => format!("sqlite://{}", dir.path().join("agenda.db").display()),
-        Backend::Postgres => postgres().new_database().await,
-    };
-    let mut options = Options {
-        database_url: Some(database_url.clone()),
-        data_dir: Some(dir.path().to_path_buf()),
-        database_pool_size: Some(4),
-        listen: Some("127.0.0.1:0".parse().expect("address")),
-        metrics_listen: Some("127.0.0.1:0".parse().expect("address")),
-        auth_hs256_secret: Some(SECRET.to_string()),
-        shutdown_grace: Some(Duration::from_secs(5)),
-        ..Options::default()
-    };
-    adjust(&mut options);
-    let settings = Settings::resolve(options).expect("test settings resolve");
-    let app = Application::build(settings).await.expect("server builds");
-    let addr = app.local_addr();
-    let metrics_addr = app.metrics_addr();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("endpoint").connect_lazy();
-    OpsApp { backend, channel, addr, metrics_addr, database_url, stop: Some(tx), server: Some(server), _dir: dir }
-}
-
-type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
-type Authed = InterceptedService<Channel, AddToken>;
-
-impl OpsApp {
-    /// A contact client for `tenant` on this app's channel.
-    pub fn contacts(&self, tenant: &str) -> ContactServiceClient<Authed> {
-        contacts_on(self.channel.clone(), tenant)
-    }
-
-    /// Starts the drain, as SIGTERM does.
-    pub fn signal_stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Waits for the server to return (the process would then exit with its result).
-    pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        self.server.take().expect("not yet stopped").await.expect("the server task does not panic")
-    }
-}
-
-pub fn contacts_on(channel: Channel, tenant: &str) -> ContactServiceClient<Authed> {
-    let value: MetadataValue<_> = format!("Bearer {}", token(tenant, "contacts.write")).parse().expect("ascii");
-    let interceptor: AddToken = Box::new(move |mut request: Request<()>| {
-        request.metadata_mut().insert("authorization", value.clone());
-        Ok(request)
-    });
-    ContactServiceClient::with_interceptor(channel, interceptor)
-}
 
 pub fn create(name: &str) -> CreateContactRequest {
     CreateContactRequest {
@@ -234,7 +146,7 @@ pub enum Blocker {
 }
 
 impl Blocker {
-    pub async fn hold(app: &OpsApp) -> Blocker {
+    pub async fn hold(app: &TestApp) -> Blocker {
         match app.backend {
             Backend::Postgres => {
                 let mut conn = AsyncPgConnection::establish(&app.database_url).await.expect("connect");
