@@ -406,13 +406,8 @@ where
                     finish.record(code);
                 }
             }
-            Some(Err(_)) => {
-                if let Some(finish) = this.finish.take() {
-                    let code = finish.header_code.unwrap_or(2);
-                    finish.record(code);
-                }
-            }
-            None => {
+            // The body failed or ended without trailers: the headers' code, else UNKNOWN.
+            Some(Err(_)) | None => {
                 if let Some(finish) = this.finish.take() {
                     let code = finish.header_code.unwrap_or(2);
                     finish.record(code);

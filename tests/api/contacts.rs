@@ -1,7 +1,5 @@
 //! ContactService: Create, Get, Delete, Undelete and BatchGet as a caller sees them.
 
-use std::time::Duration;
-
 use agenda::api::{
     BatchGetContactsRequest, Contact, CreateContactRequest, DeleteContactRequest, EmailAddress, GetContactRequest,
     PhoneNumber, RichText, UndeleteContactRequest,
@@ -407,5 +405,4 @@ async fn batch_get_returns_all_in_order_or_not_found(backend: Backend) {
         .await
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "TOO_MANY");
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
