@@ -3,11 +3,13 @@
 //! reflection serves and the scope map reads.
 //!
 //! The descriptor set is written from protox's own encoding: going through
-//! prost-types would drop the `agenda.v1.required_scope` method options.
+//! prost-types would drop the `agenda.v1.required_scope` method options and
+//! the `google.api.field_behavior` field options.
 
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] = &["agenda/v1/options.proto", "agenda/v1/types.proto", "agenda/v1/contact.proto"];
+const PROTOS: &[&str] =
+    &["google/api/field_behavior.proto", "agenda/v1/options.proto", "agenda/v1/types.proto", "agenda/v1/contact.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -144,11 +144,12 @@ async fn main() -> anyhow::Result<()> {
         #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
         line: String,
     }
-    let mut explain = plan.clone();
-    explain.sql.text = format!("EXPLAIN (ANALYZE, BUFFERS) {}", plan.sql.text);
+    let sql = plan.sql(plan.anchor.as_deref(), plan.page_size + 1)?;
+    let mut explain = sql.clone();
+    explain.text = format!("EXPLAIN (ANALYZE, BUFFERS) {}", sql.text);
     let mut pg = agenda::store::Conn::Pg(&mut conn);
-    let lines: Vec<Line> = agenda::load_plan!(&mut pg, explain);
-    println!("\nSQL: {}\n\nEXPLAIN (ANALYZE, BUFFERS) of page {pages}:", plan.sql.text);
+    let lines: Vec<Line> = agenda::load_sql!(&mut pg, explain);
+    println!("\nSQL: {}\n\nEXPLAIN (ANALYZE, BUFFERS) of page {pages}:", sql.text);
     for line in lines {
         println!("  {}", line.line);
     }

@@ -144,9 +144,12 @@ pub struct Options {
     #[arg(long, env = "AGENDA_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub health_interval: Option<Duration>,
-    /// Largest request or response message in bytes [default: 4194304].
+    /// Largest request message in bytes [default: 4194304].
     #[arg(long, env = "AGENDA_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
+    /// Largest answer of a read in bytes: a BatchGet over it is RESOURCE_EXHAUSTED, a List page stops early [default: 4194304].
+    #[arg(long, env = "AGENDA_MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: Option<usize>,
     /// Calls served at once; more are shed with RESOURCE_EXHAUSTED [default: 512].
     #[arg(long, env = "AGENDA_MAX_CONCURRENT_CALLS")]
     pub max_concurrent_calls: Option<usize>,
@@ -239,8 +242,10 @@ pub struct Settings {
     pub purge_interval: Duration,
     /// How often the database is checked for health.
     pub health_interval: Duration,
-    /// Largest message in bytes.
+    /// Largest request message in bytes.
     pub max_message_bytes: usize,
+    /// Largest answer of a read in bytes (the response budget).
+    pub max_response_bytes: usize,
     /// Calls served at once before load is shed.
     pub max_concurrent_calls: usize,
     /// Connection age before GOAWAY; `None` when off.
@@ -284,6 +289,7 @@ impl fmt::Debug for Settings {
             .field("purge_interval", &self.purge_interval)
             .field("health_interval", &self.health_interval)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("max_connection_age", &self.max_connection_age)
             .field("max_connection_age_grace", &self.max_connection_age_grace)
@@ -293,6 +299,13 @@ impl fmt::Debug for Settings {
             .finish()
     }
 }
+
+/// Smallest response budget: the largest resource (64 KiB of text, its
+/// rendered HTML at up to a few times that, 16 KiB of custom fields) fits.
+pub const MIN_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Shortest HS256 secret accepted, in bytes: as long as the SHA-256 output (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 impl Settings {
     /// Resolves flags and environment over the config file over the defaults.
@@ -320,6 +333,22 @@ impl Settings {
         if max_message_bytes == 0 {
             return Err("AGENDA_MAX_MESSAGE_BYTES must be at least 1".into());
         }
+        let max_response_bytes = pick!(max_response_bytes).unwrap_or(4 * 1024 * 1024);
+        if max_response_bytes < MIN_RESPONSE_BYTES {
+            return Err(format!(
+                "AGENDA_MAX_RESPONSE_BYTES must be at least {MIN_RESPONSE_BYTES}: the largest single resource must fit"
+            ));
+        }
+        let auth_hs256_secret = pick!(auth_hs256_secret).filter(|s| !s.is_empty());
+        if let Some(secret) = &auth_hs256_secret
+            && secret.len() < MIN_HS256_SECRET_BYTES
+        {
+            return Err(format!(
+                "AGENDA_AUTH_HS256_SECRET is {} bytes long; it must be at least {MIN_HS256_SECRET_BYTES} bytes \
+                 (an HS256 key shorter than its 256-bit hash makes tokens guessable): use e.g. `openssl rand -hex 32`",
+                secret.len()
+            ));
+        }
         let max_concurrent_calls = pick!(max_concurrent_calls).unwrap_or(512);
         if max_concurrent_calls == 0 {
             return Err("AGENDA_MAX_CONCURRENT_CALLS must be at least 1".into());
@@ -337,7 +366,7 @@ impl Settings {
             database_pool_size: pool_size,
             listen: pick!(listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 50051))),
             metrics_listen: pick!(metrics_listen).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9090))),
-            auth_hs256_secret: pick!(auth_hs256_secret).filter(|s| !s.is_empty()),
+            auth_hs256_secret,
             auth_jwks_file: pick!(auth_jwks_file),
             auth_issuer: pick!(auth_issuer).filter(|s| !s.is_empty()),
             auth_audience: pick!(auth_audience).filter(|s| !s.is_empty()),
@@ -347,6 +376,7 @@ impl Settings {
             purge_interval: pick!(purge_interval).unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(10)),
             health_interval: pick!(health_interval).unwrap_or(Duration::from_secs(5)).max(Duration::from_millis(10)),
             max_message_bytes,
+            max_response_bytes,
             max_concurrent_calls,
             max_connection_age: Some(pick!(max_connection_age).unwrap_or(Duration::from_secs(30 * 60)))
                 .filter(|age| !age.is_zero()),
@@ -436,16 +466,27 @@ mod tests {
         assert!(Settings::resolve(ca_only).is_err(), "a client CA without a certificate is refused");
         assert!(Settings::resolve(Options { max_concurrent_calls: Some(0), ..Options::default() }).is_err());
         assert!(Settings::resolve(Options { max_message_bytes: Some(0), ..Options::default() }).is_err());
+        assert_eq!(settings.max_response_bytes, 4 * 1024 * 1024);
+        assert!(Settings::resolve(Options { max_response_bytes: Some(10), ..Options::default() }).is_err());
     }
 
     #[test]
     fn secrets_are_not_printed() {
         let options = Options {
-            auth_hs256_secret: Some("hunter2".into()),
+            auth_hs256_secret: Some("hunter2-hunter2-hunter2-hunter2-hunter2".into()),
             database_url: Some("postgres://u:pw@h/db".into()),
             ..Options::default()
         };
         let printed = format!("{:?}", Settings::resolve(options).expect("resolves"));
         assert!(!printed.contains("hunter2") && !printed.contains("pw@"), "{printed}");
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused_with_the_reason() {
+        let short = Options { auth_hs256_secret: Some("x".into()), ..Options::default() };
+        let err = Settings::resolve(short).unwrap_err();
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        let enough = Options { auth_hs256_secret: Some("k".repeat(32)), ..Options::default() };
+        assert!(Settings::resolve(enough).is_ok());
     }
 }

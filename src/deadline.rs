@@ -1,27 +1,52 @@
-//! The deadline of the current call, from its `grpc-timeout`: the limits
-//! layer sets it for the call's future (a tokio task-local), the store reads
-//! it so the database gives up when the caller has (PostgreSQL's
-//! `statement_timeout`).
+//! The context of the current call: its deadline, from its `grpc-timeout`,
+//! and its concurrency permit. The limits layer sets both for the call's
+//! future (a tokio task-local); the store reads the deadline so the database
+//! gives up when the caller has (PostgreSQL's `statement_timeout`), and
+//! carries the permit into the task that does the database work, so a call
+//! that was answered or dropped still counts against the limit until that
+//! work has really stopped.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{sync::OwnedSemaphorePermit, time::Instant};
 
-tokio::task_local! {
-    static DEADLINE: Instant;
+/// What a call carries into the work it starts.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    /// When the caller gives up.
+    pub deadline: Option<Instant>,
+    /// The call's share of the concurrency limit, held by every task doing its work.
+    pub permit: Option<Arc<OwnedSemaphorePermit>>,
 }
 
-/// Runs `future` with `deadline` as the current call's deadline.
-pub async fn scope<F: Future>(deadline: Option<Instant>, future: F) -> F::Output {
-    match deadline {
-        Some(deadline) => DEADLINE.scope(deadline, future).await,
-        None => future.await,
+tokio::task_local! {
+    static CONTEXT: CallContext;
+}
+
+impl CallContext {
+    /// The context of the call this task works for (empty outside a call).
+    pub fn current() -> CallContext {
+        CONTEXT.try_with(Clone::clone).unwrap_or_default()
     }
+
+    /// Runs `future` in this context.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CONTEXT.scope(self, future).await
+    }
+}
+
+/// Runs `future` with `deadline` as the current call's deadline and `permit` as its permit.
+pub async fn scope<F: Future>(
+    deadline: Option<Instant>,
+    permit: Option<Arc<OwnedSemaphorePermit>>,
+    future: F,
+) -> F::Output {
+    CallContext { deadline, permit }.scope(future).await
 }
 
 /// The current call's deadline, if it has one.
 pub fn current() -> Option<Instant> {
-    DEADLINE.try_with(|deadline| *deadline).ok()
+    CONTEXT.try_with(|context| context.deadline).ok().flatten()
 }
 
 /// The time left until the current call's deadline (zero once past), if it has one.

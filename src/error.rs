@@ -2,8 +2,16 @@
 //! `tonic::Status` with `google.rpc` details (AIP-193).
 //!
 //! Which error belongs where: the domain reports invalid input as field
-//! violations, the store reports `NotFound`, `Duplicate`, `EtagMismatch` and
-//! database failures, auth reports `Unauthenticated` and `PermissionDenied`.
+//! violations (`Invalid`) and broken rules (`FailedPrecondition`); the
+//! service layer reports `NotFound`, `EtagMismatch` and `Duplicate` as it
+//! looks resources up and checks them inside the writing transaction; the
+//! store reports what the database says, classified by who can fix it
+//! ([`classify_database_error`]): connection, pool and shutdown failures are
+//! `Database` (UNAVAILABLE, retry with backoff), serialization failures and
+//! deadlocks `Conflict` (ABORTED, retry the call), and constraint or data
+//! errors that got past validation `Internal` (a bug: logged, never retried
+//! blindly) unless the store maps the constraint to what it means; auth
+//! reports `Unauthenticated` and `PermissionDenied`.
 //! Nothing here ever puts SQL, a file path or another tenant's data into the
 //! message a caller sees: internal causes are logged and replaced.
 
@@ -15,7 +23,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo.domain` of every agenda error.
 pub const DOMAIN: &str = "agenda";
 
-/// The machine-readable reasons of API.md §3, sent as `ErrorInfo.reason`.
+/// The machine-readable reasons (docs/errors.md), sent as `ErrorInfo.reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     TokenMissing,
@@ -27,6 +35,7 @@ pub enum Reason {
     FieldInvalid,
     FieldRequired,
     FieldOutputOnly,
+    FieldImmutable,
     FieldUnknown,
     FilterInvalid,
     OrderByInvalid,
@@ -35,6 +44,7 @@ pub enum Reason {
     NotFound,
     Duplicate,
     EtagMismatch,
+    ConcurrentWrite,
     InUse,
     Cycle,
     RequestIdReused,
@@ -61,6 +71,7 @@ impl Reason {
             Reason::FieldInvalid => "FIELD_INVALID",
             Reason::FieldRequired => "FIELD_REQUIRED",
             Reason::FieldOutputOnly => "FIELD_OUTPUT_ONLY",
+            Reason::FieldImmutable => "FIELD_IMMUTABLE",
             Reason::FieldUnknown => "FIELD_UNKNOWN",
             Reason::FilterInvalid => "FILTER_INVALID",
             Reason::OrderByInvalid => "ORDER_BY_INVALID",
@@ -69,6 +80,7 @@ impl Reason {
             Reason::NotFound => "NOT_FOUND",
             Reason::Duplicate => "DUPLICATE",
             Reason::EtagMismatch => "ETAG_MISMATCH",
+            Reason::ConcurrentWrite => "CONCURRENT_WRITE",
             Reason::InUse => "IN_USE",
             Reason::Cycle => "CYCLE",
             Reason::RequestIdReused => "REQUEST_ID_REUSED",
@@ -142,6 +154,13 @@ pub enum Error {
     /// A request message is larger than the server accepts.
     #[error("a request message is larger than {limit} bytes")]
     MessageTooLarge { limit: usize },
+    /// The answer would be larger than the response budget.
+    #[error("the response would be larger than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    /// Another transaction wrote the same data at the same time (a
+    /// serialization failure or a deadlock); retrying the call is safe.
+    #[error("concurrent write: {0}")]
+    Conflict(String),
     /// The caller's deadline (`grpc-timeout`) ran out.
     #[error("the call's deadline ran out")]
     DeadlineExceeded,
@@ -178,7 +197,8 @@ impl Error {
             Error::Duplicate { .. } => Reason::Duplicate,
             Error::EtagMismatch { .. } => Reason::EtagMismatch,
             Error::Overloaded => Reason::Overloaded,
-            Error::MessageTooLarge { .. } => Reason::MessageTooLarge,
+            Error::MessageTooLarge { .. } | Error::ResponseTooLarge { .. } => Reason::MessageTooLarge,
+            Error::Conflict(_) => Reason::ConcurrentWrite,
             Error::DeadlineExceeded => Reason::DeadlineExceeded,
             Error::UnknownMethod(_) => Reason::MethodUnknown,
             Error::Database(_) => Reason::DatabaseUnavailable,
@@ -214,7 +234,46 @@ impl Error {
 
 impl From<diesel::result::Error> for Error {
     fn from(error: diesel::result::Error) -> Self {
-        Error::Database(error.to_string())
+        classify_database_error(&error)
+    }
+}
+
+/// What a database error means for the caller: see the module doc. The
+/// kinds diesel knows are mapped by kind; the rest (PostgreSQL reports
+/// deadlocks, statement timeouts and shutdowns without a kind of their own,
+/// SQLite reports locks and I/O errors as text) by their message.
+pub fn classify_database_error(error: &diesel::result::Error) -> Error {
+    use diesel::result::{DatabaseErrorKind as Kind, Error as E};
+    let text = error.to_string();
+    match error {
+        E::DatabaseError(Kind::ClosedConnection | Kind::UnableToSendCommand, _) => Error::Database(text),
+        E::DatabaseError(Kind::SerializationFailure, _) => Error::Conflict(text),
+        E::DatabaseError(Kind::Unknown, info) => {
+            let message = info.message().to_ascii_lowercase();
+            const CONFLICT: &[&str] = &["deadlock detected", "could not serialize"];
+            const UNAVAILABLE: &[&str] = &[
+                "canceling statement",
+                "terminating connection",
+                "the database system is",
+                "connection",
+                "too many clients",
+                "database is locked",
+                "database table is locked",
+                "disk i/o error",
+                "unable to open database",
+                "database or disk is full",
+                "out of memory",
+            ];
+            if CONFLICT.iter().any(|m| message.contains(m)) {
+                Error::Conflict(text)
+            } else if UNAVAILABLE.iter().any(|m| message.contains(m)) {
+                Error::Database(text)
+            } else {
+                Error::Internal(format!("database error: {text}"))
+            }
+        }
+        E::BrokenTransactionManager | E::RollbackErrorOnCommit { .. } => Error::Database(text),
+        _ => Error::Internal(format!("database error: {text}")),
     }
 }
 
@@ -301,6 +360,20 @@ impl From<Error> for Status {
                         "A request message is larger than the {limit} bytes this server accepts; send less per call."
                     ),
                 )
+            }
+            Error::ResponseTooLarge { limit } => {
+                metadata.insert("limit_bytes".to_string(), limit.to_string());
+                (
+                    Code::ResourceExhausted,
+                    format!(
+                        "The answer would be larger than the {limit} bytes this server sends in one response; ask for fewer items or a smaller read_mask."
+                    ),
+                )
+            }
+            Error::Conflict(cause) => {
+                tracing::info!(error = %cause, "transaction conflict");
+                details.set_retry_info(Some(Duration::from_millis(50)));
+                (Code::Aborted, "Another call changed the same data at the same time; retry the call.".to_string())
             }
             Error::DeadlineExceeded => {
                 (Code::DeadlineExceeded, "The call's deadline (grpc-timeout) ran out before it finished.".to_string())

@@ -73,7 +73,7 @@ where
             None
         } else {
             match self.permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
+                Ok(permit) => Some(Arc::new(permit)),
                 Err(_) => return Box::pin(async { Ok(tonic::Status::from(Error::Overloaded).into_http()) }),
             }
         };
@@ -87,13 +87,16 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max_message_bytes = self.max_message_bytes;
         Box::pin(async move {
-            let mut call = Box::pin(deadline::scope(deadline, inner.call(request)));
+            // The database work of the call holds clones of the permit, so it
+            // is released only when the call and that work have both ended.
+            let mut call = Box::pin(deadline::scope(deadline, permit.clone(), inner.call(request)));
             let response = match deadline {
                 Some(deadline) => match tokio::time::timeout_at(deadline, &mut call).await {
                     Ok(response) => response?,
                     Err(_) => {
-                        // Cancelling a SQLite query waits for its blocking thread;
-                        // the caller is answered now and the call is dropped aside.
+                        // Dropping the call may wait for a blocking thread; the
+                        // caller is answered now and the call is dropped aside.
+                        // Its database work keeps its own clone of the permit.
                         tokio::spawn(async move { drop(call) });
                         return Ok(tonic::Status::from(Error::DeadlineExceeded).into_http());
                     }

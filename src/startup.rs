@@ -51,6 +51,7 @@ impl Application {
         })
         .map_err(anyhow::Error::msg)?;
         let scopes = ScopeMap::from_descriptor_set(api::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+        crate::service::mask::load_contract().map_err(anyhow::Error::msg)?;
         Db::migrate(&settings.database).await?;
         let db = Db::connect(&settings.database, settings.database_pool_size)?;
         let methods = MethodTable::from_descriptor_sets(&[
@@ -113,9 +114,17 @@ impl Application {
             reflection_builder().build_v1()?.max_decoding_message_size(max).max_encoding_message_size(max);
         let reflection_v1alpha =
             reflection_builder().build_v1alpha()?.max_decoding_message_size(max).max_encoding_message_size(max);
-        let contacts = ContactServiceServer::new(ContactApi::new(self.db.clone(), settings.retention))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+        // Reads are held to the response budget; writes answer with what they
+        // wrote, which the request size bounds (rendered HTML can be a few
+        // times its raw text), so encoding allows a multiple of both.
+        let encode = settings.max_response_bytes.max(max).saturating_mul(8);
+        let contacts = ContactServiceServer::new(ContactApi::new(
+            self.db.clone(),
+            settings.retention,
+            settings.max_response_bytes,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(encode);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);

@@ -60,7 +60,7 @@ impl Authorizer {
             Declared::Scope(scope) if principal.scopes.allows(*scope) => Ok(Some(principal)),
             Declared::Scope(scope) => Err(Error::PermissionDenied {
                 reason: Reason::ScopeMissing,
-                message: format!("This call needs a token with the scope {scope:?}."),
+                message: format!("This call needs a token with the scope \"{scope}\"."),
                 metadata: vec![("required_scope", scope.to_string())],
             }),
             Declared::Missing => Err(Error::PermissionDenied {

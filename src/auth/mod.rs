@@ -9,7 +9,7 @@ pub use layer::{AuthLayer, Authorizer, is_public};
 pub use scope::{Scope, ScopeMap, ScopeSet};
 pub use token::{Claims, TokenError, Verifier, VerifierConfig, mint_hs256};
 
-use crate::error::{Error, Reason};
+use crate::error::Error;
 
 /// The verified caller of an RPC, put into the request's extensions by the
 /// auth layer. Handlers take the tenant from here, never from a request body.
@@ -24,12 +24,14 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// The caller of a request; an error if the auth layer did not run, which
-    /// is a bug, so no request is ever served without a principal.
+    /// The caller of a request. The auth layer refuses every call without a
+    /// verified token before it reaches a handler, so a handler without a
+    /// principal is a bug in the server's wiring: INTERNAL, and never served.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Principal, Error> {
-        request.extensions().get::<Principal>().cloned().ok_or_else(|| Error::Unauthenticated {
-            reason: Reason::TokenMissing,
-            message: "This call needs an `authorization: Bearer <token>` header.".to_string(),
-        })
+        request
+            .extensions()
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Error::Internal("a handler ran without a verified caller; the auth layer is missing".into()))
     }
 }

@@ -1,4 +1,4 @@
-//! Scopes: the typed OAuth 2 scopes of API.md §2, and the map from each RPC to
+//! Scopes: the typed OAuth 2 scopes (docs/calling.md), and the map from each RPC to
 //! the scope its proto declares with `option (agenda.v1.required_scope)`.
 
 use std::{collections::HashMap, fmt, str::FromStr};

@@ -134,7 +134,13 @@ impl Verifier {
 
     /// Verifies a token and returns its caller.
     pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        let header = decode_header(token).map_err(|e| TokenError::Invalid(format!("the token is malformed: {e}")))?;
+        // The library's own text (e.g. for `alg: none`) goes to the log, not to the caller.
+        let header = decode_header(token).map_err(|e| {
+            tracing::debug!(error = %e, "token header refused");
+            TokenError::Invalid(
+                "the token is not a signed JWT this server accepts (HS256, RS256, ES256 or EdDSA)".into(),
+            )
+        })?;
         let claims = if header.alg == Algorithm::HS256 {
             let key = self
                 .hs256
@@ -167,7 +173,12 @@ impl Verifier {
             }
             verified.ok_or(last)?
         };
-        if claims.sub.trim().is_empty() {
+        // Both are stored with what the caller writes: text a database cannot
+        // hold (NUL) or a log line should not carry is refused here.
+        if claims.sub.chars().any(char::is_control) || claims.tenant.chars().any(char::is_control) {
+            return Err(TokenError::Invalid("the token's `sub` or `tenant` claim holds control characters".into()));
+        }
+        if claims.sub.trim().is_empty() || claims.sub.len() > 255 {
             return Err(TokenError::Invalid("the token has no `sub` claim".into()));
         }
         if claims.tenant.trim().is_empty() || claims.tenant.len() > 255 {
@@ -204,7 +215,10 @@ impl Verifier {
             ErrorKind::Json(_) => {
                 TokenError::Invalid("the token's claims are malformed or lack `sub` or `tenant`".into())
             }
-            _ => TokenError::Invalid(format!("the token is invalid: {e}")),
+            _ => {
+                tracing::debug!(error = %e, "token refused");
+                TokenError::Invalid("the token is malformed or its signature does not verify".into())
+            }
         })
     }
 

@@ -1,11 +1,11 @@
-//! A contact: its validated fields and rules (API.md §5 Contact).
+//! A contact: its validated fields and rules (docs/contacts.md).
 
 use serde::{Deserialize, Serialize};
 
 use super::{Check, MAX_NAME_CHARS, Meta, custom_fields, rich_text::RichText};
 use crate::{api, error::Reason};
 
-/// Most emails and most phones of a contact.
+/// Most emails of a contact.
 pub const MAX_EMAILS: usize = 16;
 /// Most phones of a contact.
 pub const MAX_PHONES: usize = 16;

@@ -14,6 +14,17 @@ pub const MAX_JSON_BYTES: usize = 16 * 1024;
 /// Deepest nesting of objects and lists.
 const MAX_DEPTH: usize = 16;
 
+/// Most bytes of a key.
+pub const MAX_KEY_BYTES: usize = 64;
+
+/// The one grammar of custom field keys, in fields, masks, filters and
+/// order_by alike: 1 to 64 ASCII letters, digits, `_` or `-`.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_KEY_BYTES
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Validates a Struct and returns it as a JSON object text.
 pub fn parse(check: &mut Check, field: &str, value: Option<&Struct>) -> String {
     let Some(value) = value else {
@@ -29,7 +40,7 @@ pub fn parse(check: &mut Check, field: &str, value: Option<&Struct>) -> String {
         return "{}".to_string();
     }
     for key in value.fields.keys() {
-        if key.is_empty() || key.len() > 64 || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if !is_valid_key(key) {
             check.fail(
                 field,
                 Reason::FieldInvalid,
@@ -70,6 +81,7 @@ fn value_to_json(value: &Value, depth: usize) -> Result<Json, String> {
         None | Some(Kind::NullValue(_)) => Json::Null,
         Some(Kind::BoolValue(b)) => Json::Bool(*b),
         Some(Kind::NumberValue(n)) => Json::Number(Number::from_f64(*n).ok_or("holds a number that is not finite")?),
+        Some(Kind::StringValue(s)) if s.contains('\0') => return Err("holds a text with a NUL character".into()),
         Some(Kind::StringValue(s)) => Json::String(s.clone()),
         Some(Kind::StructValue(s)) => Json::Object(struct_to_json(s, depth)?),
         Some(Kind::ListValue(l)) => {
@@ -129,7 +141,8 @@ mod tests {
         let many = Struct { fields: many.into_iter().collect() };
         let big = s(&[("k", json_to_value(Json::String("x".repeat(MAX_JSON_BYTES))))]);
         let nan = s(&[("k", Value { kind: Some(Kind::NumberValue(f64::NAN)) })]);
-        for value in [many, big, nan] {
+        let nul = s(&[("k", json_to_value(serde_json::json!({"deep": ["a\u{0}b"]})))]);
+        for value in [many, big, nan, nul] {
             let mut check = Check::new("");
             parse(&mut check, "custom_fields", Some(&value));
             assert!(check.finish(()).is_err());

@@ -63,6 +63,14 @@ impl RichText {
             );
             return RichText { format, raw: String::new(), html: String::new() };
         }
+        if raw.contains('\0') {
+            check.fail(
+                format!("{field}.raw"),
+                Reason::FieldInvalid,
+                format!("{path}.raw contains a NUL character, which text cannot hold."),
+            );
+            return RichText { format, raw: String::new(), html: String::new() };
+        }
         RichText { format, raw: raw.to_string(), html: render(format, raw) }
     }
 
@@ -134,8 +142,10 @@ mod tests {
         let mut check = Check::new("contact.");
         RichText::parse(&mut check, "notes", 9, "x");
         RichText::parse(&mut check, "notes", 2, &"x".repeat(MAX_RAW_BYTES + 1));
+        RichText::parse(&mut check, "comment", 1, "a\0b");
         let Err(crate::error::Error::Invalid(v)) = check.finish(()) else { panic!("expected violations") };
         assert_eq!(v[0].field, "contact.notes.format");
         assert_eq!(v[1].field, "contact.notes.raw");
+        assert_eq!(v[2].field, "contact.comment.raw");
     }
 }

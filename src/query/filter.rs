@@ -1,4 +1,4 @@
-//! The filter language of API.md §4, an AIP-160 subset, parsed by hand
+//! The filter language (docs/filtering.md), an AIP-160 subset, parsed by hand
 //! (recursive descent) into a typed AST. Positions are character offsets
 //! (0-based) into the filter, so every error can point at its fault.
 //!
@@ -154,6 +154,7 @@ fn lex(input: &[char]) -> Result<Vec<(Token, usize)>, ParseError> {
         let c = input[i];
         let start = i;
         match c {
+            '\0' => return err(start, "the filter contains a NUL character"),
             c if c.is_whitespace() => i += 1,
             '(' => {
                 tokens.push((Token::LParen, start));
@@ -201,6 +202,7 @@ fn lex(input: &[char]) -> Result<Vec<(Token, usize)>, ParseError> {
                 loop {
                     match input.get(i) {
                         None => return err(start, "the string is not closed"),
+                        Some('\0') => return err(i, "the string contains a NUL character"),
                         Some(&ch) if ch == quote => {
                             i += 1;
                             break;
@@ -233,11 +235,11 @@ fn lex(input: &[char]) -> Result<Vec<(Token, usize)>, ParseError> {
             }
             c if c.is_ascii_digit() => {
                 // A number, unless it continues as a word (a custom field key such as 2fa).
+                let after_dot = matches!(tokens.last(), Some((Token::Dot, _)));
                 let mut end = i;
-                while end < input.len() && is_word_char(input[end]) {
+                while end < input.len() && (is_word_char(input[end]) || (after_dot && input[end] == '-')) {
                     end += 1;
                 }
-                let after_dot = matches!(tokens.last(), Some((Token::Dot, _)));
                 let word: String = input[i..end].iter().collect();
                 let exponent = word.split_once(['e', 'E']).is_some_and(|(m, e)| {
                     m.chars().all(|d| d.is_ascii_digit()) && e.chars().all(|d| d.is_ascii_digit())
@@ -253,8 +255,10 @@ fn lex(input: &[char]) -> Result<Vec<(Token, usize)>, ParseError> {
                 }
             }
             c if is_word_char(c) => {
+                // After a dot a segment may be a custom field key, which may hold '-'.
+                let after_dot = matches!(tokens.last(), Some((Token::Dot, _)));
                 let mut end = i;
-                while end < input.len() && is_word_char(input[end]) {
+                while end < input.len() && (is_word_char(input[end]) || (after_dot && input[end] == '-')) {
                     end += 1;
                 }
                 tokens.push((Token::Word(input[i..end].iter().collect()), start));
@@ -416,6 +420,10 @@ impl Parser {
 
 /// Parses a filter; `None` for an empty one.
 pub fn parse(filter: &str) -> Result<Option<Expr>, ParseError> {
+    // A char is at most 4 bytes: a longer text is refused before it is decoded.
+    if filter.len() > MAX_CHARS * 4 {
+        return err(MAX_CHARS, format!("the filter has over {MAX_CHARS} characters; at most {MAX_CHARS} are allowed"));
+    }
     let chars: Vec<char> = filter.chars().collect();
     if chars.len() > MAX_CHARS {
         return err(MAX_CHARS, format!("the filter has {} characters; at most {MAX_CHARS} are allowed", chars.len()));
@@ -537,6 +545,18 @@ mod tests {
     }
 
     #[test]
+    fn refuses_nul_and_reads_custom_keys_with_dashes() {
+        assert_eq!(parse("display_name = \"a\0b\"").unwrap_err().pos, 17);
+        assert!(parse("a\0 = 1").is_err());
+        assert_eq!(
+            parse("custom_fields.my-key = 1").unwrap(),
+            Some(cmp("custom_fields.my-key", Op::Eq, Value::Number(1.0)))
+        );
+        // Outside a path '-' still negates.
+        assert_eq!(parse("-a = 1").unwrap(), Some(Expr::Not(Box::new(cmp("a", Op::Eq, Value::Number(1.0))))));
+    }
+
+    #[test]
     fn limits_length_and_depth() {
         assert!(parse(&"a = 1 AND ".repeat(300)).is_err());
         let deep = format!("{}a = 1{}", "(".repeat(40), ")".repeat(40));
@@ -547,7 +567,8 @@ mod tests {
 
     fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
-            any::<String>().prop_map(Value::String),
+            // NUL is refused in filters; every other character round-trips.
+            any::<String>().prop_map(|s| Value::String(s.replace('\0', ""))),
             (-1e12f64..1e12).prop_map(Value::Number),
             any::<bool>().prop_map(Value::Bool),
             "[A-Z][A-Z_]{0,12}"

@@ -56,13 +56,21 @@ impl PageToken {
     }
 }
 
-/// A planned list query.
+/// A planned list: the checked filter, order and page size of one request,
+/// from which the SQL of a page (or of a part of one, after any anchor row)
+/// is made.
 #[derive(Debug, Clone)]
 pub struct ListPlan {
-    /// The query; selects `t.*`, page size + 1 rows.
-    pub sql: Sql,
+    spec: &'static ResourceSpec,
+    tenant: String,
+    show_deleted: bool,
+    filter: Option<filter::Expr>,
+    order: Vec<OrderKey>,
+    pg: bool,
     /// Rows per page.
     pub page_size: usize,
+    /// The last row of the previous page, from the page token.
+    pub anchor: Option<String>,
     query_hash: String,
 }
 
@@ -71,10 +79,97 @@ impl ListPlan {
     pub fn next_token(&self, last_id: &str) -> String {
         PageToken { q: self.query_hash.clone(), a: last_id.to_string() }.encode()
     }
+
+    /// The table listed.
+    pub fn table(&self) -> &'static str {
+        self.spec.table
+    }
+
+    /// The tenant listed.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The query of at most `limit` rows after `anchor` (the id of a row of
+    /// the tenant; from the start without one), in the plan's order; selects `t.*`.
+    pub fn sql(&self, anchor: Option<&str>, limit: usize) -> Result<Sql> {
+        let spec = self.spec;
+        let pg = self.pg;
+        let mut sql = Sql::new(pg);
+        let tenant_param = sql.param(Param::Text(self.tenant.clone()));
+        let mut conditions = vec![format!("t.tenant_id = {tenant_param}")];
+        if !self.show_deleted {
+            conditions.push("t.delete_time IS NULL".to_string());
+        }
+        if let Some(expr) = &self.filter {
+            conditions.push(spec.compile(expr, &mut sql).map_err(|f| invalid(Reason::FilterInvalid, "filter", f))?);
+        }
+
+        // Sort expressions over the row (t) and over the anchor row (a).
+        let last_desc = self.order.last().is_some_and(|k| k.desc);
+        let mut keys: Vec<(String, String, bool)> = Vec::with_capacity(self.order.len() + 1);
+        for key in &self.order {
+            let key_param = key.resolved.key.as_ref().map(|k| {
+                let value = if pg { k.clone() } else { format!("$.\"{k}\"") };
+                sql.param(Param::Text(value))
+            });
+            let row = spec.order_expr(&key.resolved, "t", key_param.as_deref(), pg);
+            let anchor = spec.order_expr(&key.resolved, "a", key_param.as_deref(), pg);
+            keys.push((row, anchor, key.desc));
+        }
+        keys.push(("t.id".to_string(), "a.id".to_string(), last_desc));
+
+        if let Some(anchor_id) = anchor {
+            let anchor_param = sql.param(Param::Text(anchor_id.to_string()));
+            let from = format!("FROM {} a WHERE a.tenant_id = {tenant_param} AND a.id = {anchor_param}", spec.table);
+            if keys.iter().all(|(_, _, desc)| *desc == last_desc) {
+                let op = if last_desc { "<" } else { ">" };
+                let rows: Vec<&str> = keys.iter().map(|(r, _, _)| r.as_str()).collect();
+                let anchors: Vec<&str> = keys.iter().map(|(_, a, _)| a.as_str()).collect();
+                conditions.push(format!("({}) {op} (SELECT {} {from})", rows.join(", "), anchors.join(", ")));
+            } else {
+                // Mixed directions: (k1 > a1) OR (k1 = a1 AND k2 < a2) OR …
+                let mut alternatives = Vec::new();
+                for i in 0..keys.len() {
+                    let mut parts: Vec<String> =
+                        keys[..i].iter().map(|(r, a, _)| format!("{r} = (SELECT {a} {from})")).collect();
+                    let (r, a, desc) = &keys[i];
+                    parts.push(format!("{r} {} (SELECT {a} {from})", if *desc { "<" } else { ">" }));
+                    alternatives.push(format!("({})", parts.join(" AND ")));
+                }
+                conditions.push(format!("({})", alternatives.join(" OR ")));
+            }
+        }
+
+        let order_sql: Vec<String> =
+            keys.iter().map(|(r, _, desc)| if *desc { format!("{r} DESC") } else { r.clone() }).collect();
+        let limit = sql.param(Param::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
+        sql.text = format!(
+            "SELECT t.* FROM {} t WHERE {} ORDER BY {} LIMIT {limit}",
+            spec.table,
+            conditions.join(" AND "),
+            order_sql.join(", ")
+        );
+        Ok(sql)
+    }
 }
 
-fn query_hash(params: &ListParams) -> String {
+/// The error for a page token whose anchor row is gone (purged between pages).
+pub fn anchor_gone() -> Error {
+    Error::Query {
+        reason: Reason::PageTokenInvalid,
+        field: "page_token",
+        position: None,
+        message: "page_token points after a row that no longer exists (it was purged); start the listing again without a token.".into(),
+    }
+}
+
+/// A token is bound to the tenant and to what decides the rows and their
+/// order, so it cannot be replayed by another tenant or with another query.
+fn query_hash(tenant: &str, params: &ListParams) -> String {
     let mut hasher = Sha256::new();
+    hasher.update(tenant.as_bytes());
+    hasher.update([0]);
     hasher.update(params.filter.trim().as_bytes());
     hasher.update([0]);
     hasher.update(params.order_by.trim().as_bytes());
@@ -91,7 +186,8 @@ fn invalid(reason: Reason, field: &'static str, fault: Fault) -> Error {
     }
 }
 
-/// One key of an order: the field, its direction, and where it was written.
+/// One key of an order: the field and its direction.
+#[derive(Debug, Clone)]
 struct OrderKey {
     resolved: Resolved,
     desc: bool,
@@ -133,8 +229,9 @@ fn parse_order(spec: &ResourceSpec, order_by: &str) -> Result<Vec<OrderKey>, Fau
     Ok(keys)
 }
 
-/// Plans the query of one page of `spec`'s rows of `tenant`.
-pub fn plan(spec: &ResourceSpec, tenant: &str, params: &ListParams, pg: bool) -> Result<ListPlan> {
+/// Plans one page of `spec`'s rows of `tenant`: checks the page size,
+/// token, filter and order. The SQL is made by [`ListPlan::sql`].
+pub fn plan(spec: &'static ResourceSpec, tenant: &str, params: &ListParams, pg: bool) -> Result<ListPlan> {
     if params.page_size < 0 {
         return Err(Error::invalid("page_size", Reason::FieldInvalid, "page_size must not be negative."));
     }
@@ -142,7 +239,7 @@ pub fn plan(spec: &ResourceSpec, tenant: &str, params: &ListParams, pg: bool) ->
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
-    let query_hash = query_hash(params);
+    let query_hash = query_hash(tenant, params);
     let anchor = if params.page_token.trim().is_empty() {
         None
     } else {
@@ -157,71 +254,28 @@ pub fn plan(spec: &ResourceSpec, tenant: &str, params: &ListParams, pg: bool) ->
                 reason: Reason::PageTokenInvalid,
                 field: "page_token",
                 position: None,
-                message: "page_token belongs to a list with another filter, order_by or show_deleted; use it only with the same ones.".into(),
+                message: "page_token belongs to another list (another filter, order_by or show_deleted, or another caller's tenant); use it only with the list that made it.".into(),
             });
         }
         Some(token.a)
     };
-    let parsed = filter::parse(&params.filter)
+    let filter = filter::parse(&params.filter)
         .map_err(|e| invalid(Reason::FilterInvalid, "filter", Fault { pos: e.pos, message: e.message }))?;
     let order = parse_order(spec, &params.order_by).map_err(|f| invalid(Reason::OrderByInvalid, "order_by", f))?;
-
-    let mut sql = Sql::new(pg);
-    let tenant_param = sql.param(Param::Text(tenant.to_string()));
-    let mut conditions = vec![format!("t.tenant_id = {tenant_param}")];
-    if !params.show_deleted {
-        conditions.push("t.delete_time IS NULL".to_string());
-    }
-    if let Some(expr) = &parsed {
-        conditions.push(spec.compile(expr, &mut sql).map_err(|f| invalid(Reason::FilterInvalid, "filter", f))?);
-    }
-
-    // Sort expressions over the row (t) and over the anchor row (a).
-    let last_desc = order.last().is_some_and(|k| k.desc);
-    let mut keys: Vec<(String, String, bool)> = Vec::with_capacity(order.len() + 1);
-    for key in &order {
-        let key_param = key.resolved.key.as_ref().map(|k| {
-            let value = if pg { k.clone() } else { format!("$.\"{k}\"") };
-            sql.param(Param::Text(value))
-        });
-        let row = spec.order_expr(&key.resolved, "t", key_param.as_deref(), pg);
-        let anchor = spec.order_expr(&key.resolved, "a", key_param.as_deref(), pg);
-        keys.push((row, anchor, key.desc));
-    }
-    keys.push(("t.id".to_string(), "a.id".to_string(), last_desc));
-
-    if let Some(anchor_id) = anchor {
-        let anchor_param = sql.param(Param::Text(anchor_id));
-        let from = format!("FROM {} a WHERE a.tenant_id = {tenant_param} AND a.id = {anchor_param}", spec.table);
-        if keys.iter().all(|(_, _, desc)| *desc == last_desc) {
-            let op = if last_desc { "<" } else { ">" };
-            let rows: Vec<&str> = keys.iter().map(|(r, _, _)| r.as_str()).collect();
-            let anchors: Vec<&str> = keys.iter().map(|(_, a, _)| a.as_str()).collect();
-            conditions.push(format!("({}) {op} (SELECT {} {from})", rows.join(", "), anchors.join(", ")));
-        } else {
-            // Mixed directions: (k1 > a1) OR (k1 = a1 AND k2 < a2) OR …
-            let mut alternatives = Vec::new();
-            for i in 0..keys.len() {
-                let mut parts: Vec<String> =
-                    keys[..i].iter().map(|(r, a, _)| format!("{r} = (SELECT {a} {from})")).collect();
-                let (r, a, desc) = &keys[i];
-                parts.push(format!("{r} {} (SELECT {a} {from})", if *desc { "<" } else { ">" }));
-                alternatives.push(format!("({})", parts.join(" AND ")));
-            }
-            conditions.push(format!("({})", alternatives.join(" OR ")));
-        }
-    }
-
-    let order_sql: Vec<String> =
-        keys.iter().map(|(r, _, desc)| if *desc { format!("{r} DESC") } else { r.clone() }).collect();
-    let limit = sql.param(Param::BigInt(page_size as i64 + 1));
-    sql.text = format!(
-        "SELECT t.* FROM {} t WHERE {} ORDER BY {} LIMIT {limit}",
-        spec.table,
-        conditions.join(" AND "),
-        order_sql.join(", ")
-    );
-    Ok(ListPlan { sql, page_size, query_hash })
+    let plan = ListPlan {
+        spec,
+        tenant: tenant.to_string(),
+        show_deleted: params.show_deleted,
+        filter,
+        order,
+        pg,
+        page_size,
+        anchor,
+        query_hash,
+    };
+    // Compiles the filter once now, so its faults are reported before any query.
+    plan.sql(None, 1)?;
+    Ok(plan)
 }
 
 #[cfg(test)]
@@ -254,8 +308,9 @@ mod tests {
         let plan =
             plan(&SPEC, "t1", &params("name = \"x'); DROP TABLE things; --\" AND custom_fields.a = \"b\"", ""), true)
                 .unwrap();
-        assert!(!plan.sql.text.contains("DROP"), "{}", plan.sql.text);
-        assert!(plan.sql.params.contains(&Param::Text("x'); DROP TABLE things; --".into())));
+        let sql = plan.sql(Some("01930000-0000-7000-8000-000000000000"), 51).unwrap();
+        assert!(!sql.text.contains("DROP"), "{}", sql.text);
+        assert!(sql.params.contains(&Param::Text("x'); DROP TABLE things; --".into())));
     }
 
     #[test]
@@ -276,8 +331,11 @@ mod tests {
         let token = first.next_token("01930000-0000-7000-8000-000000000000");
         let same = ListParams { page_token: token.clone(), ..params("name = \"a\"", "") };
         assert!(plan(&SPEC, "t1", &same, true).is_ok());
-        let other = ListParams { page_token: token, ..params("name = \"b\"", "") };
+        let other = ListParams { page_token: token.clone(), ..params("name = \"b\"", "") };
         let err = plan(&SPEC, "t1", &other, true).unwrap_err();
+        assert_eq!(err.reason(), Reason::PageTokenInvalid);
+        let foreign = ListParams { page_token: token, ..params("name = \"a\"", "") };
+        let err = plan(&SPEC, "t2", &foreign, true).unwrap_err();
         assert_eq!(err.reason(), Reason::PageTokenInvalid);
         for garbage in ["x", "!!!", "eyJ9", "eyJxIjoiIiwiYSI6IjEnIE9SIDE9MSJ9"] {
             let bad = ListParams { page_token: garbage.into(), ..params("", "") };

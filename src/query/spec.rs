@@ -127,10 +127,7 @@ impl ResourceSpec {
             && let Some(spec) =
                 self.fields.iter().find(|f| f.name == head.as_str() && matches!(f.kind, FieldKind::Custom))
         {
-            if key.is_empty()
-                || key.len() > 64
-                || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if !crate::domain::custom_fields::is_valid_key(key) {
                 return fault(pos, format!("{key:?} is not a valid {head} key"));
             }
             return Ok(Resolved { spec: *spec, key: Some(key.clone()) });

@@ -6,11 +6,7 @@ use std::{collections::HashMap, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-use super::{
-    apply_read_mask,
-    mask::{MaskSpec, merge_update},
-    request_hash, timestamp,
-};
+use super::{Budget, ReadMask, UpdateMask, list_page, request_hash, timestamp};
 use crate::{
     api::{self, contact_service_server::ContactService},
     auth::Principal,
@@ -30,22 +26,8 @@ use crate::{
     },
 };
 
+/// The resource message; its field behaviours come from the proto.
 const MESSAGE: &str = "agenda.v1.Contact";
-/// The fields of a Contact that only the server sets.
-const MASKS: MaskSpec = MaskSpec {
-    message: MESSAGE,
-    output_only: &[
-        "revision",
-        "etag",
-        "create_time",
-        "update_time",
-        "delete_time",
-        "purge_time",
-        "created_by",
-        "updated_by",
-        "notes.html",
-    ],
-};
 /// Most ids of a BatchGet.
 const MAX_BATCH_GET: usize = 1000;
 /// Most items of a batch write.
@@ -56,6 +38,7 @@ const MAX_BATCH_WRITE: usize = 500;
 pub struct ContactApi {
     db: Db,
     retention_micros: i64,
+    max_response_bytes: usize,
 }
 
 /// Where a batch item's errors point: `requests[3].` in a batch, nothing for a single call.
@@ -78,9 +61,14 @@ fn check_batch_size(count: usize, max: usize, field: &str) -> Result<()> {
 }
 
 impl ContactApi {
-    /// A service on `db` that keeps soft-deleted contacts for `retention`.
-    pub fn new(db: Db, retention: Duration) -> Self {
-        ContactApi { db, retention_micros: i64::try_from(retention.as_micros()).unwrap_or(i64::MAX) }
+    /// A service on `db` that keeps soft-deleted contacts for `retention`
+    /// and answers reads within `max_response_bytes`.
+    pub fn new(db: Db, retention: Duration, max_response_bytes: usize) -> Self {
+        ContactApi {
+            db,
+            retention_micros: i64::try_from(retention.as_micros()).unwrap_or(i64::MAX),
+            max_response_bytes,
+        }
     }
 
     /// Creates contacts, all or none; `batch` makes errors name `requests[i]`.
@@ -125,7 +113,8 @@ impl ContactApi {
             }
             contacts.push(contact);
         }
-        check_external_ids_unique(&contacts, batch)?;
+        let indexed: Vec<(usize, Contact)> = contacts.iter().cloned().enumerate().collect();
+        check_external_ids_unique(&indexed, batch)?;
         let tenant = caller.tenant;
         self.db
             .write(move |c| {
@@ -138,13 +127,10 @@ impl ContactApi {
                             replayed.insert(*i, id);
                         }
                     }
-                    let new: Vec<Contact> = contacts
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !replayed.contains_key(i))
-                        .map(|(_, c)| c.clone())
-                        .collect();
-                    check_external_ids_free(c, &tenant, &contacts, &new, batch, "requests").await?;
+                    let new: Vec<(usize, Contact)> =
+                        indexed.into_iter().filter(|(i, _)| !replayed.contains_key(i)).collect();
+                    check_external_ids_free(c, &tenant, &new, batch).await?;
+                    let new: Vec<Contact> = new.into_iter().map(|(_, contact)| contact).collect();
                     store::contact::insert_many(c, &new).await?;
                     let replay_ids: Vec<String> = replayed.values().cloned().collect();
                     let earlier = store::contact::find_many(c, &tenant, &replay_ids, false).await?;
@@ -205,16 +191,17 @@ impl ContactApi {
                 RichText::parse(&mut check, "comment", comment.format, &comment.raw);
                 check.finish(())?;
             }
-            if let Some(first) = items.iter().position(
-                |(_, other, ..): &(String, String, api::Contact, Option<prost_types::FieldMask>, bool)| *other == id,
-            ) {
+            let mask = UpdateMask::parse(MESSAGE, request.update_mask.as_ref()).map_err(|e| e.prefixed(&prefix))?;
+            if let Some(first) =
+                items.iter().position(|(_, other, ..): &(String, String, api::Contact, UpdateMask, bool)| *other == id)
+            {
                 return Err(Error::invalid(
                     format!("{prefix}contact.id"),
                     Reason::FieldInvalid,
                     format!("{prefix}contact.id repeats requests[{first}]; update each contact once per batch."),
                 ));
             }
-            items.push((prefix, id, sent, request.update_mask, request.allow_missing));
+            items.push((prefix, id, sent, mask, request.allow_missing));
         }
         self.db
             .write(move |c| {
@@ -227,8 +214,8 @@ impl ContactApi {
                         .map(|contact| (contact.meta.id.clone(), contact))
                         .collect();
                     let mut results = Vec::with_capacity(items.len());
-                    let mut changed = Vec::new();
-                    for (prefix, id, sent, mask, allow_missing) in &items {
+                    let mut changed: Vec<(usize, Contact)> = Vec::new();
+                    for (index, (prefix, id, sent, mask, allow_missing)) in items.iter().enumerate() {
                         let (base, meta) = match current.get(id) {
                             Some(existing) => {
                                 existing.meta.check_etag(RESOURCE, &sent.etag)?;
@@ -246,8 +233,8 @@ impl ContactApi {
                                 .prefixed(prefix));
                             }
                         };
-                        let merged =
-                            merge_update(&MASKS, &base, sent, mask.as_ref()).map_err(|e| e.prefixed(prefix))?;
+                        let creating = !current.contains_key(id);
+                        let merged = mask.merge(&base, sent, creating).map_err(|e| e.prefixed(prefix))?;
                         let mut check = Check::new(format!("{prefix}contact."));
                         let fields = ContactFields::parse(&mut check, &merged);
                         let fields = check.finish(fields)?;
@@ -255,14 +242,22 @@ impl ContactApi {
                             Some(existing) if existing.fields == fields => results.push(existing.clone()),
                             _ => {
                                 let contact = Contact { meta, fields };
-                                changed.push(contact.clone());
+                                changed.push((index, contact.clone()));
                                 results.push(contact);
                             }
                         }
                     }
                     check_external_ids_unique(&changed, batch)?;
-                    check_external_ids_free(c, &caller.tenant, &results, &changed, batch, "requests").await?;
-                    store::contact::write_many(c, &changed).await?;
+                    check_external_ids_free(c, &caller.tenant, &changed, batch).await?;
+                    // A contact that did not exist is inserted, never upserted: of
+                    // concurrent upserts of one new id exactly one creates it, and
+                    // the others fail on its key (ABORTED) instead of overwriting it.
+                    let (created, updated): (Vec<Contact>, Vec<Contact>) = changed
+                        .into_iter()
+                        .map(|(_, contact)| contact)
+                        .partition(|contact| !current.contains_key(&contact.meta.id));
+                    store::contact::insert_many(c, &created).await?;
+                    store::contact::write_many(c, &updated).await?;
                     Ok(results)
                 })
             })
@@ -336,55 +331,96 @@ impl ContactApi {
             .await
     }
 
-    /// Contacts by id, in the order asked; `NOT_FOUND` names the first missing one.
-    async fn get_many(&self, caller: &Principal, ids: &[String], batch: bool) -> Result<Vec<Contact>> {
-        let not_found = |i: usize, raw: &str| Error::NotFound {
-            resource: RESOURCE,
-            id: raw.to_string(),
-            field: batch.then(|| format!("ids[{i}]")),
-        };
+    /// Contacts by id, in the order asked, masked and held to the response
+    /// budget; `NOT_FOUND` names the first missing one. An id asked for
+    /// again is answered again at its position, but read and converted once,
+    /// and every position counts against the budget.
+    async fn get_many(
+        &self,
+        caller: &Principal,
+        ids: &[String],
+        mask: ReadMask,
+        batch: bool,
+    ) -> Result<Vec<api::Contact>> {
+        let field = move |i: usize| batch.then(|| format!("ids[{i}]"));
         let parsed = ids
             .iter()
             .enumerate()
-            .map(|(i, raw)| parse_id(raw).ok_or_else(|| not_found(i, raw)))
+            .map(|(i, raw)| {
+                parse_id(raw).ok_or_else(|| Error::NotFound { resource: RESOURCE, id: raw.clone(), field: field(i) })
+            })
             .collect::<Result<Vec<_>>>()?;
-        let mut unique = parsed.clone();
-        unique.sort();
-        unique.dedup();
-        let mut pooled = self.db.read().await?;
-        let found = store::contact::find_many(&mut pooled.conn(), &caller.tenant, &unique, false).await?;
-        let by_id: HashMap<&str, &Contact> = found.iter().map(|c| (c.meta.id.as_str(), c)).collect();
-        parsed
-            .iter()
-            .enumerate()
-            .map(|(i, id)| by_id.get(id.as_str()).map(|c| (*c).clone()).ok_or_else(|| not_found(i, &ids[i])))
-            .collect()
+        let tenant = caller.tenant.clone();
+        let limit = self.max_response_bytes;
+        let raw_ids = ids.to_vec();
+        self.db
+            .read(move |c| {
+                Box::pin(async move {
+                    let mut budget = Budget::new(limit);
+                    let mut answer = Vec::with_capacity(parsed.len());
+                    // Converted contacts; each is in the answer, so the budget bounds them.
+                    let mut converted: HashMap<String, api::Contact> = HashMap::new();
+                    for (chunk_index, chunk) in parsed.chunks(super::CHUNK_ROWS).enumerate() {
+                        let mut wanted: Vec<String> =
+                            chunk.iter().filter(|id| !converted.contains_key(*id)).cloned().collect();
+                        wanted.sort();
+                        wanted.dedup();
+                        for contact in store::contact::find_many(c, &tenant, &wanted, false).await? {
+                            converted.insert(contact.meta.id.clone(), mask.apply(to_proto(contact))?);
+                        }
+                        for (offset, id) in chunk.iter().enumerate() {
+                            let i = chunk_index * super::CHUNK_ROWS + offset;
+                            let message = converted.get(id).ok_or_else(|| Error::NotFound {
+                                resource: RESOURCE,
+                                id: raw_ids[i].clone(),
+                                field: field(i),
+                            })?;
+                            if !budget.take(message) {
+                                return Err(Error::ResponseTooLarge { limit });
+                            }
+                            answer.push(message.clone());
+                        }
+                    }
+                    Ok(answer)
+                })
+            })
+            .await
     }
 
-    async fn list(&self, caller: &Principal, params: &ListParams) -> Result<(Vec<Contact>, String)> {
+    /// One page of contacts, masked and held to the response budget.
+    async fn list(
+        &self,
+        caller: &Principal,
+        params: &ListParams,
+        mask: ReadMask,
+    ) -> Result<(Vec<api::Contact>, String)> {
         let plan = list::plan(&store::contact::SPEC, &caller.tenant, params, self.db.is_pg())?;
-        let mut pooled = self.db.read().await?;
-        let mut contacts = store::contact::list(&mut pooled.conn(), &plan).await?;
-        let next = if contacts.len() > plan.page_size {
-            contacts.truncate(plan.page_size);
-            contacts.last().map(|c| plan.next_token(&c.meta.id)).unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok((contacts, next))
+        fn load<'a>(c: &'a mut Conn<'_>, sql: &'a crate::query::spec::Sql) -> store::TxFuture<'a, Vec<Contact>> {
+            Box::pin(store::contact::list(c, sql))
+        }
+        list_page(
+            &self.db,
+            plan,
+            self.max_response_bytes,
+            load,
+            |c: &Contact| c.meta.id.as_str(),
+            move |c| mask.apply(to_proto(c)),
+        )
+        .await
     }
 }
 
-/// No two contacts of one write may share an external_id.
-fn check_external_ids_unique(contacts: &[Contact], batch: bool) -> Result<()> {
+/// No two contacts of one write may share an external_id; the error names
+/// the later item and the earlier one, by their index in the request.
+fn check_external_ids_unique(contacts: &[(usize, Contact)], batch: bool) -> Result<()> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, contact) in contacts.iter().enumerate() {
+    for (i, contact) in contacts {
         if let Some(external_id) = contact.fields.external_id.as_deref().filter(|_| contact.meta.delete_time.is_none())
-            && let Some(first) = seen.insert(external_id, i)
+            && let Some(first) = seen.insert(external_id, *i)
         {
             return Err(Error::Duplicate {
                 resource: RESOURCE,
-                field: format!("{}contact.external_id", item_prefix(batch, "requests", i)),
+                field: format!("{}contact.external_id", item_prefix(batch, "requests", *i)),
                 message: format!("requests[{i}] and requests[{first}] have the same external_id {external_id:?}."),
             });
         }
@@ -392,25 +428,27 @@ fn check_external_ids_unique(contacts: &[Contact], batch: bool) -> Result<()> {
     Ok(())
 }
 
-/// The external ids `written` take must not be held by other live contacts;
-/// the error names the item (its index in `all`).
+/// The external ids the `written` contacts take (with their index in the
+/// request) must not be held by other live contacts; the error names the item.
 async fn check_external_ids_free(
     c: &mut Conn<'_>,
     tenant: &str,
-    all: &[Contact],
-    written: &[Contact],
+    written: &[(usize, Contact)],
     batch: bool,
-    list: &str,
 ) -> Result<()> {
-    let wanted: Vec<String> =
-        written.iter().filter(|c| c.meta.delete_time.is_none()).filter_map(|c| c.fields.external_id.clone()).collect();
-    let own: Vec<String> = written.iter().map(|c| c.meta.id.clone()).collect();
+    let wanted: Vec<String> = written
+        .iter()
+        .filter(|(_, c)| c.meta.delete_time.is_none())
+        .filter_map(|(_, c)| c.fields.external_id.clone())
+        .collect();
+    let own: Vec<String> = written.iter().map(|(_, c)| c.meta.id.clone()).collect();
     let taken = store::contact::external_ids_taken(c, tenant, &wanted, &own).await?;
     if let Some((external_id, _)) = taken.first() {
-        let index = all.iter().position(|c| c.fields.external_id.as_deref() == Some(external_id)).unwrap_or(0);
+        let index =
+            written.iter().find(|(_, c)| c.fields.external_id.as_deref() == Some(external_id)).map_or(0, |(i, _)| *i);
         return Err(Error::Duplicate {
             resource: RESOURCE,
-            field: format!("{}contact.external_id", item_prefix(batch, list, index)),
+            field: format!("{}contact.external_id", item_prefix(batch, "requests", index)),
             message: format!(
                 "Another contact already has the external_id {external_id:?}: external ids are unique among the tenant's contacts."
             ),
@@ -453,10 +491,6 @@ pub fn to_proto(contact: Contact) -> api::Contact {
     }
 }
 
-fn masked(contacts: Vec<Contact>, mask: Option<&prost_types::FieldMask>) -> Result<Vec<api::Contact>> {
-    contacts.into_iter().map(|c| apply_read_mask(to_proto(c), MESSAGE, mask)).collect()
-}
-
 fn single(mut contacts: Vec<Contact>) -> Result<api::Contact> {
     contacts.pop().map(to_proto).ok_or_else(|| Error::Internal("a single write returned nothing".into()))
 }
@@ -473,8 +507,10 @@ impl ContactService for ContactApi {
     async fn get_contact(&self, request: Request<api::GetContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        let contact = single(self.get_many(&caller, std::slice::from_ref(&request.id), false).await?)?;
-        Ok(Response::new(apply_read_mask(contact, MESSAGE, request.read_mask.as_ref())?))
+        let mask = ReadMask::parse(MESSAGE, request.read_mask.as_ref())?;
+        let mut contacts = self.get_many(&caller, std::slice::from_ref(&request.id), mask, false).await?;
+        let contact = contacts.pop().ok_or_else(|| Error::Internal("a single read returned nothing".into()))?;
+        Ok(Response::new(contact))
     }
 
     async fn list_contacts(&self, request: Request<api::ListContactsRequest>) -> Reply<api::ListContactsResponse> {
@@ -487,11 +523,9 @@ impl ContactService for ContactApi {
             order_by: request.order_by,
             show_deleted: request.show_deleted,
         };
-        let (contacts, next_page_token) = self.list(&caller, &params).await?;
-        Ok(Response::new(api::ListContactsResponse {
-            contacts: masked(contacts, request.read_mask.as_ref())?,
-            next_page_token,
-        }))
+        let mask = ReadMask::parse(MESSAGE, request.read_mask.as_ref())?;
+        let (contacts, next_page_token) = self.list(&caller, &params, mask).await?;
+        Ok(Response::new(api::ListContactsResponse { contacts, next_page_token }))
     }
 
     async fn update_contact(&self, request: Request<api::UpdateContactRequest>) -> Reply<api::Contact> {
@@ -517,8 +551,9 @@ impl ContactService for ContactApi {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
         check_batch_size(request.ids.len(), MAX_BATCH_GET, "ids")?;
-        let contacts = self.get_many(&caller, &request.ids, true).await?;
-        Ok(Response::new(api::BatchGetContactsResponse { contacts: masked(contacts, request.read_mask.as_ref())? }))
+        let mask = ReadMask::parse(MESSAGE, request.read_mask.as_ref())?;
+        let contacts = self.get_many(&caller, &request.ids, mask, true).await?;
+        Ok(Response::new(api::BatchGetContactsResponse { contacts }))
     }
 
     async fn batch_create_contacts(

@@ -1,6 +1,6 @@
 //! The gRPC services: each converts the request, calls domain and store, and
-//! converts the answer back. Shared here: timestamps, read masks and request
-//! hashes.
+//! converts the answer back. Shared here: timestamps, request hashes, and
+//! answers built within the response budget (list pages and batch reads).
 
 pub mod contact;
 pub mod mask;
@@ -9,7 +9,106 @@ use prost::Message;
 use prost_types::Timestamp;
 use sha2::{Digest, Sha256};
 
-pub use mask::{MaskSpec, apply_read_mask};
+pub use mask::{ReadMask, UpdateMask};
+
+use crate::{
+    error::{Error, Result},
+    query::{ListPlan, list::anchor_gone, spec::Sql},
+    store::{Conn, Db, TxFuture, row_exists},
+};
+
+/// Rows read from the database at a time while an answer is built, so the
+/// memory of one call is bounded by this many rows plus the response budget.
+pub(crate) const CHUNK_ROWS: usize = 100;
+
+/// What an answer may still take of the response budget, in encoded bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    left: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Budget { left: limit }
+    }
+
+    /// Takes what `message` adds to a repeated field of the answer; `false`
+    /// (and nothing taken) if it does not fit.
+    pub fn take(&mut self, message: &impl Message) -> bool {
+        // The field's tag and length prefix: at most 1 + 5 bytes here.
+        let cost = message.encoded_len() + 6;
+        if cost > self.left {
+            return false;
+        }
+        self.left -= cost;
+        true
+    }
+}
+
+/// Loads the rows of a list query.
+pub type LoadRows<T> = for<'a, 'b> fn(&'a mut Conn<'b>, &'a Sql) -> TxFuture<'a, Vec<T>>;
+
+/// One page of a list, converted by `convert` and held to `budget_bytes`:
+/// rows are read a chunk at a time, and a page that would outgrow the budget
+/// ends early with a next_page_token (a single row over the budget is
+/// `RESOURCE_EXHAUSTED`). A page token whose anchor row no longer exists is
+/// `PAGE_TOKEN_INVALID`, never an empty last page.
+pub async fn list_page<T, P>(
+    db: &Db,
+    plan: ListPlan,
+    budget_bytes: usize,
+    load: LoadRows<T>,
+    id: fn(&T) -> &str,
+    convert: impl Fn(T) -> Result<P> + Send + 'static,
+) -> Result<(Vec<P>, String)>
+where
+    T: Send + 'static,
+    P: Message + Send + 'static,
+{
+    db.read(move |conn| {
+        Box::pin(async move {
+            let mut budget = Budget::new(budget_bytes);
+            let mut page: Vec<P> = Vec::new();
+            let mut anchor = plan.anchor.clone();
+            loop {
+                let want = (plan.page_size - page.len()).min(CHUNK_ROWS);
+                let sql = plan.sql(anchor.as_deref(), want + 1)?;
+                let rows = load(conn, &sql).await?;
+                if rows.is_empty()
+                    && page.is_empty()
+                    && let Some(first) = &plan.anchor
+                    && !row_exists(conn, plan.table(), plan.tenant(), first).await?
+                {
+                    return Err(anchor_gone());
+                }
+                let more = rows.len() > want;
+                let mut last: Option<String> = None;
+                for row in rows.into_iter().take(want) {
+                    let row_id = id(&row).to_string();
+                    let message = convert(row)?;
+                    if !budget.take(&message) {
+                        return match page.is_empty() {
+                            true => Err(Error::ResponseTooLarge { limit: budget_bytes }),
+                            false => Ok((page, plan.next_token(anchor.as_deref().unwrap_or_default()))),
+                        };
+                    }
+                    page.push(message);
+                    anchor = Some(row_id.clone());
+                    last = Some(row_id);
+                }
+                match last {
+                    Some(last) if more && page.len() == plan.page_size => {
+                        return Ok((page, plan.next_token(&last)));
+                    }
+                    Some(_) if more => continue,
+                    _ => return Ok((page, String::new())),
+                }
+            }
+        })
+    })
+    .await
+}
 
 /// A stored time (microseconds since the epoch) as a protobuf Timestamp.
 pub fn timestamp(micros: i64) -> Timestamp {

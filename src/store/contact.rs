@@ -6,7 +6,7 @@ use diesel::{
 use diesel_async::RunQueryDsl;
 
 use super::{Conn, schema::contacts, sql_types::JsonText, unique_violation};
-use crate::load_plan;
+use crate::load_sql;
 use crate::{
     dispatch,
     domain::{
@@ -15,13 +15,13 @@ use crate::{
         rich_text::RichText,
     },
     error::{Error, Result},
-    query::{FieldKind, FieldSpec, ListPlan, ResourceSpec},
+    query::{FieldKind, FieldSpec, ResourceSpec, spec::Sql},
 };
 
 /// The resource name used in errors.
 pub const RESOURCE: &str = "contact";
 
-/// What callers may filter and order contacts by (API.md §5 Contact).
+/// What callers may filter and order contacts by (docs/contacts.md).
 pub const SPEC: ResourceSpec = ResourceSpec {
     table: "contacts",
     fields: &[
@@ -287,9 +287,9 @@ pub async fn external_ids_taken(
     Ok(taken.into_iter().filter_map(|(e, id)| e.map(|e| (e, id))).collect())
 }
 
-/// One page of a planned list.
-pub async fn list(conn: &mut Conn<'_>, plan: &ListPlan) -> Result<Vec<Contact>> {
-    let rows: Vec<ContactRow> = load_plan!(conn, plan);
+/// The rows of a list query ([`crate::query::ListPlan::sql`]).
+pub async fn list(conn: &mut Conn<'_>, sql: &Sql) -> Result<Vec<Contact>> {
+    let rows: Vec<ContactRow> = load_sql!(conn, sql);
     rows.into_iter().map(ContactRow::into_domain).collect()
 }
 

@@ -23,7 +23,7 @@ use futures::FutureExt;
 
 use crate::{
     config::Database,
-    deadline,
+    deadline::{self, CallContext},
     error::{Error, Result},
 };
 
@@ -93,26 +93,6 @@ pub enum Db {
     },
 }
 
-/// A pooled connection, returned to its pool when dropped.
-// Lives briefly on one call's stack; boxing would cost an allocation per call.
-#[allow(clippy::large_enum_variant)]
-pub enum Pooled {
-    /// PostgreSQL.
-    Pg(Object<AsyncPgConnection>),
-    /// SQLite.
-    Sqlite(Object<SqliteConn>),
-}
-
-impl Pooled {
-    /// The connection, for store functions.
-    pub fn conn(&mut self) -> Conn<'_> {
-        match self {
-            Pooled::Pg(object) => Conn::Pg(object),
-            Pooled::Sqlite(object) => Conn::Sqlite(object),
-        }
-    }
-}
-
 impl Db {
     /// Opens pools for `database` (nothing is connected until first use).
     pub fn connect(database: &Database, pool_size: usize) -> Result<Db> {
@@ -166,19 +146,62 @@ impl Db {
         }
     }
 
-    /// A connection for reads outside a transaction.
-    pub async fn read(&self) -> Result<Pooled> {
-        Ok(match self {
-            Db::Pg(pool) => Pooled::Pg(timed_get(pool, "postgres").await?),
-            Db::Sqlite { readers, .. } => Pooled::Sqlite(timed_get(readers, "sqlite_readers").await?),
+    /// Runs `body` on a connection for reads, outside a transaction. On
+    /// PostgreSQL the call's deadline becomes the `statement_timeout` of its
+    /// statements. Like [`Db::write`], the work runs on a task of its own, so
+    /// a dropped call never leaves a connection busy: the task finishes,
+    /// returns the connection and only then releases the call's permit.
+    pub async fn read<T, F>(&self, body: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
+    {
+        let db = self.clone();
+        detached(async move {
+            match &db {
+                Db::Pg(pool) => {
+                    let mut object = timed_get(pool, "postgres").await?;
+                    let conn: &mut AsyncPgConnection = &mut object;
+                    let timeout = statement_timeout_ms()?;
+                    if let Some(ms) = timeout {
+                        conn.batch_execute(&format!("SET statement_timeout = {ms}")).await?;
+                    }
+                    let result = body(&mut Conn::Pg(conn)).await;
+                    if timeout.is_some() {
+                        conn.batch_execute("RESET statement_timeout").await?;
+                    }
+                    past_deadline(result)
+                }
+                Db::Sqlite { readers, .. } => {
+                    let mut object = timed_get(readers, "sqlite_readers").await?;
+                    let conn: &mut SqliteConn = &mut object;
+                    body(&mut Conn::Sqlite(conn)).await
+                }
+            }
         })
+        .await
     }
 
     /// Runs `body` in one transaction: committed when it returns `Ok`, rolled
-    /// back when it returns `Err` (or when the call is cancelled). On
-    /// PostgreSQL the call's deadline ([`crate::deadline`]) becomes the
-    /// transaction's `statement_timeout`.
+    /// back when it returns `Err`. On PostgreSQL the call's deadline
+    /// ([`crate::deadline`]) becomes the transaction's `statement_timeout`.
+    ///
+    /// Cancel safety: the transaction runs on a task of its own, so once it
+    /// has begun it runs to commit or rollback however the call ends (a
+    /// client that resets its stream or closes its connection drops the call
+    /// future, not this task), and no connection goes back to its pool inside
+    /// a transaction. An unacknowledged write is therefore wholly there or
+    /// absent, and never leaves a row lock behind.
     pub async fn write<T, F>(&self, body: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
+    {
+        let db = self.clone();
+        detached(async move { db.write_here(body).await }).await
+    }
+
+    async fn write_here<T, F>(&self, body: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
@@ -187,27 +210,19 @@ impl Db {
             Db::Pg(pool) => {
                 let mut object = timed_get(pool, "postgres").await?;
                 let conn: &mut AsyncPgConnection = &mut object;
+                let timeout = statement_timeout_ms()?;
                 let result = conn
                     .transaction(async move |tx: &mut AsyncPgConnection| {
                         // The database stops when the caller has: a statement still
                         // running (or waiting on a lock) at the deadline is cancelled.
-                        if let Some(left) = deadline::remaining() {
-                            let ms = left.as_millis();
-                            if ms == 0 {
-                                return Err(Error::DeadlineExceeded);
-                            }
+                        if let Some(ms) = timeout {
                             tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}")).await?;
                         }
                         let mut conn = Conn::Pg(tx);
                         body(&mut conn).await
                     })
                     .await;
-                match result {
-                    Err(Error::Database(_)) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
-                        Err(Error::DeadlineExceeded)
-                    }
-                    other => other,
-                }
+                past_deadline(result)
             }
             Db::Sqlite { writer, .. } => {
                 let mut object = timed_get(writer, "sqlite_writer").await?;
@@ -230,12 +245,7 @@ impl Db {
                 if left.is_some() {
                     conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await?;
                 }
-                match result {
-                    Err(Error::Database(_)) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
-                        Err(Error::DeadlineExceeded)
-                    }
-                    other => other,
-                }
+                past_deadline(result)
             }
         }
     }
@@ -265,13 +275,13 @@ impl Db {
 
     /// Whether the database answers a trivial query.
     pub async fn ping(&self) -> bool {
-        let ping = async {
-            let mut pooled = self.read().await?;
-            let mut conn = pooled.conn();
-            // A query that reads the schema, so a broken SQLite file shows too.
-            dispatch!(&mut conn, |c| c.batch_execute("SELECT count(*) FROM contacts WHERE false").await)?;
-            Ok::<_, Error>(())
-        };
+        let ping = self.read(|conn| {
+            Box::pin(async move {
+                // A query that reads the schema, so a broken SQLite file shows too.
+                dispatch!(conn, |c| c.batch_execute("SELECT count(*) FROM contacts WHERE false").await)?;
+                Ok(())
+            })
+        });
         matches!(tokio::time::timeout(Duration::from_secs(3), ping).await, Ok(Ok(())))
     }
 
@@ -306,6 +316,42 @@ impl Db {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs the database work of a call on a task of its own, in the call's
+/// context (deadline and permit), and waits for it. Dropping the returned
+/// future leaves the task running to its end: transactions commit or roll
+/// back, connections go back to their pools idle, and the call's permit is
+/// released only then.
+async fn detached<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    let context = CallContext::current();
+    match tokio::spawn(context.scope(work)).await {
+        Ok(result) => result,
+        Err(error) => Err(Error::Internal(format!("a database task failed: {error}"))),
+    }
+}
+
+/// The longest `statement_timeout` PostgreSQL accepts (milliseconds, an int).
+const MAX_STATEMENT_TIMEOUT_MS: u128 = i32::MAX as u128;
+
+/// The current call's time left as a `statement_timeout` in milliseconds
+/// (clamped to what PostgreSQL accepts); `DEADLINE_EXCEEDED` once past.
+fn statement_timeout_ms() -> Result<Option<u128>> {
+    match deadline::remaining() {
+        None => Ok(None),
+        Some(left) if left.as_millis() == 0 => Err(Error::DeadlineExceeded),
+        Some(left) => Ok(Some(left.as_millis().min(MAX_STATEMENT_TIMEOUT_MS))),
+    }
+}
+
+/// A database failure once the deadline has passed is the deadline's doing.
+fn past_deadline<T>(result: Result<T>) -> Result<T> {
+    match result {
+        Err(Error::Database(_)) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
+            Err(Error::DeadlineExceeded)
+        }
+        other => other,
     }
 }
 
@@ -345,6 +391,26 @@ pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// Whether `table` holds the row `id` of `tenant` (deleted or not).
+pub async fn row_exists(conn: &mut Conn<'_>, table: &'static str, tenant: &str, id: &str) -> Result<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let placeholders = if conn.is_pg() { ("$1", "$2") } else { ("?1", "?2") };
+    let query =
+        format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = {} AND id = {}", placeholders.0, placeholders.1);
+    let found: Found = dispatch!(conn, |c| {
+        diesel::sql_query(query.clone())
+            .bind::<diesel::sql_types::Text, _>(tenant)
+            .bind::<diesel::sql_types::Text, _>(id)
+            .get_result(c)
+            .await?
+    });
+    Ok(found.n > 0)
+}
+
 /// The message and constraint of a unique-constraint violation, to tell
 /// which key was taken; `None` for any other error.
 pub fn unique_violation(error: &diesel::result::Error) -> Option<String> {
@@ -356,14 +422,14 @@ pub fn unique_violation(error: &diesel::result::Error) -> Option<String> {
     }
 }
 
-/// Loads the rows of a planned list query ([`crate::query::ListPlan`]),
-/// binding its parameters, on either backend.
+/// Loads the rows of a query made by the list machinery
+/// ([`crate::query::ListPlan::sql`]), binding its parameters, on either backend.
 #[macro_export]
-macro_rules! load_plan {
-    ($conn:expr, $plan:expr) => {
+macro_rules! load_sql {
+    ($conn:expr, $sql:expr) => {
         $crate::dispatch!($conn, |c| {
-            let mut query = ::diesel::sql_query($plan.sql.text.clone()).into_boxed();
-            for param in &$plan.sql.params {
+            let mut query = ::diesel::sql_query($sql.text.clone()).into_boxed();
+            for param in &$sql.params {
                 query = match param {
                     $crate::query::spec::Param::Text(v) => query.bind::<::diesel::sql_types::Text, _>(v.clone()),
                     $crate::query::spec::Param::BigInt(v) => query.bind::<::diesel::sql_types::BigInt, _>(*v),

@@ -20,6 +20,7 @@ use agenda::{
     startup::Application,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
     Code, Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -189,6 +190,31 @@ pub fn violation_fields(status: &Status) -> Vec<String> {
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
+}
+
+/// The body of `GET /metrics`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample `name` whose labels include all of `labels`, 0 when absent.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// Counts rows of a table in the app's database (for "changes nothing" checks).

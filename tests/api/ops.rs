@@ -4,16 +4,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use agenda::api::{Contact, CreateContactRequest, GetContactRequest, contact_service_client::ContactServiceClient};
+use agenda::api::{Contact, CreateContactRequest, GetContactRequest};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::helpers::{Backend, TestApp, assert_error, contacts_on, spawn_app_with as spawn};
+use crate::helpers::{Backend, TestApp, assert_error, contacts_on, sample, scrape, spawn_app_with as spawn};
 
 on_both_backends!(
-    metrics_count_real_calls_with_grpc_prometheus_names,
     request_ids_and_trace_context_are_echoed,
     drain_refuses_new_calls_and_lets_in_flight_ones_finish,
     drain_stops_after_the_grace_period,
@@ -30,84 +28,6 @@ pub fn create(name: &str) -> CreateContactRequest {
         contact: Some(Contact { display_name: name.to_string(), ..Default::default() }),
         request_id: String::new(),
     }
-}
-
-/// The body of `GET /metrics`.
-pub async fn scrape(addr: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
-    body.to_string()
-}
-
-/// The value of the sample `name` whose labels include all of `labels`, 0 when absent.
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
-async fn metrics_count_real_calls_with_grpc_prometheus_names(backend: Backend) {
-    let app = spawn(backend, |_| {}).await;
-    let before = scrape(app.metrics_addr).await;
-    let mut contacts = app.contacts("metrics-tenant");
-    contacts.create_contact(create("Ada")).await.expect("create");
-    let missing = contacts
-        .get_contact(GetContactRequest { id: "01890000-0000-7000-8000-000000000000".into(), read_mask: None })
-        .await
-        .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound);
-    let refused = contacts_on(app.channel.clone(), "x");
-    let mut anonymous = ContactServiceClient::new(app.channel.clone());
-    let status = anonymous.create_contact(create("Bob")).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated);
-    drop(refused);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
-    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
-
-    let after = scrape(app.metrics_addr).await;
-    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
-    let create_labels =
-        [("grpc_type", "unary"), ("grpc_service", "agenda.v1.ContactService"), ("grpc_method", "CreateContact")];
-    let get_labels =
-        [("grpc_type", "unary"), ("grpc_service", "agenda.v1.ContactService"), ("grpc_method", "GetContact")];
-    assert!(delta("grpc_server_started_total", &create_labels) >= 2.0, "{after}");
-    assert!(delta("grpc_server_handled_total", &[create_labels.as_slice(), &[("grpc_code", "OK")]].concat()) >= 1.0);
-    assert!(
-        delta("grpc_server_handled_total", &[create_labels.as_slice(), &[("grpc_code", "Unauthenticated")]].concat())
-            >= 1.0
-    );
-    assert!(delta("grpc_server_handled_total", &[get_labels.as_slice(), &[("grpc_code", "NotFound")]].concat()) >= 1.0);
-    // The refused call's message is never read.
-    assert!(delta("grpc_server_msg_received_total", &create_labels) >= 1.0);
-    assert!(delta("grpc_server_msg_sent_total", &create_labels) >= 1.0);
-    assert!(delta("grpc_server_handling_seconds_count", &create_labels) >= 2.0);
-    assert!(
-        sample(&after, "grpc_server_handling_seconds_bucket", &[create_labels.as_slice(), &[("le", "+Inf")]].concat())
-            >= 2.0
-    );
-    assert!(
-        delta(
-            "grpc_server_handled_total",
-            &[("grpc_service", "grpc.health.v1.Health"), ("grpc_method", "Check"), ("grpc_code", "OK")]
-        ) >= 1.0
-    );
-    let pool = if backend == Backend::Postgres { "postgres" } else { "sqlite_writer" };
-    assert!(after.contains(&format!("agenda_db_pool_size{{pool=\"{pool}\"}}")), "{after}");
-    assert!(after.contains("agenda_db_pool_idle{"), "{after}");
-    assert!(after.contains("agenda_db_pool_wait_seconds_bucket{"), "{after}");
-    assert!(sample(&after, "agenda_build_info", &[("version", env!("CARGO_PKG_VERSION"))]) == 1.0, "{after}");
-    assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
 }
 
 async fn request_ids_and_trace_context_are_echoed(backend: Backend) {
