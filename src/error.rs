@@ -393,3 +393,42 @@ impl From<Error> for Status {
         Status::with_error_details(code, message, details)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind as Kind, Error as DieselError};
+
+    use super::*;
+
+    fn database(kind: Kind, message: &str) -> DieselError {
+        DieselError::DatabaseError(kind, Box::new(message.to_string()))
+    }
+
+    #[test]
+    fn database_errors_are_classified_by_who_can_fix_them() {
+        let cases = [
+            (database(Kind::ClosedConnection, "connection closed"), Code::Unavailable),
+            (database(Kind::UnableToSendCommand, "broken pipe"), Code::Unavailable),
+            (database(Kind::Unknown, "terminating connection due to administrator command"), Code::Unavailable),
+            (database(Kind::Unknown, "the database system is shutting down"), Code::Unavailable),
+            (database(Kind::Unknown, "canceling statement due to statement timeout"), Code::Unavailable),
+            (database(Kind::Unknown, "database is locked"), Code::Unavailable),
+            (database(Kind::SerializationFailure, "could not serialize access"), Code::Aborted),
+            (database(Kind::Unknown, "deadlock detected"), Code::Aborted),
+            (database(Kind::Unknown, "invalid byte sequence for encoding \"UTF8\": 0x00"), Code::Internal),
+            (database(Kind::UniqueViolation, "duplicate key value"), Code::Internal),
+            (database(Kind::ForeignKeyViolation, "violates foreign key constraint"), Code::Internal),
+            (database(Kind::CheckViolation, "violates check constraint"), Code::Internal),
+            (DieselError::NotFound, Code::Internal),
+            (DieselError::BrokenTransactionManager, Code::Unavailable),
+        ];
+        for (error, code) in cases {
+            let described = error.to_string();
+            let status = Status::from(Error::from(error));
+            assert_eq!(status.code(), code, "{described}");
+            assert!(!status.message().contains("0x00") && !status.message().contains("constraint"), "{status:?}");
+            let retry = status.get_error_details().retry_info().is_some();
+            assert_eq!(retry, matches!(code, Code::Unavailable | Code::Aborted), "{described}: retry hint");
+        }
+    }
+}

@@ -1,5 +1,7 @@
 //! Validated types and rules of the resources: a value that got past parsing
-//! here is valid, and the store never checks it again. No tonic, no diesel.
+//! here is valid, and the store never checks it again. The domain parses the
+//! generated request messages (`crate::api`) it validates, but knows nothing
+//! of transport (no tonic status, no metadata) or of storage (no diesel).
 
 pub mod contact;
 pub mod custom_fields;

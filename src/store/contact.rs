@@ -155,8 +155,11 @@ fn rows(contacts: &[Contact]) -> Result<Vec<ContactRow>> {
 }
 
 /// Maps a unique violation to what the caller did: a taken external_id is
-/// `DUPLICATE`; a taken id (two creates of one caller-chosen id racing) is
-/// `ABORTED`, to be retried.
+/// `DUPLICATE`; a taken id is `ABORTED ETAG_MISMATCH`. The id case is two
+/// upserts of one new caller-chosen id racing: neither found a row to lock,
+/// both insert, and PostgreSQL makes the second wait for the first and then
+/// refuses it on the primary key, so the loser reads the contact and retries
+/// on top of it. Anything else is classified as every database error is.
 fn write_error(error: diesel::result::Error, contacts: &[Contact]) -> Error {
     match unique_violation(&error) {
         Some(message) if message.contains("external_id") => Error::Duplicate {

@@ -23,6 +23,7 @@ on_both_backends!(
     the_jwks_file_is_reloaded_when_it_changes,
     issuer_and_audience_are_checked_when_configured,
     an_unknown_method_is_unimplemented,
+    a_short_hs256_secret_is_refused_at_start_up,
 );
 
 fn now() -> u64 {
@@ -95,6 +96,9 @@ async fn alg_none_is_refused(backend: Backend) {
     for unsigned in [format!("{header}.{body}."), format!("{header}.{body}")] {
         let status = app.contacts_with(Some(&unsigned)).get_contact(get(SOME_ID)).await.unwrap_err();
         assert_error(&status, Code::Unauthenticated, "TOKEN_INVALID");
+        // agenda's own sentence, not the JWT library's ("unknown variant `none`, expected one of …").
+        assert!(!status.message().contains("variant") && !status.message().contains("expected"), "{status:?}");
+        assert!(status.message().contains("signed JWT"), "{status:?}");
     }
 }
 
@@ -145,6 +149,11 @@ async fn a_missing_scope_is_permission_denied(backend: Backend) {
     let status = app.contacts_with(Some(&reader)).create_contact(request).await.unwrap_err();
     let info = assert_error(&status, Code::PermissionDenied, "SCOPE_MISSING");
     assert_eq!(info.metadata.get("required_scope").map(String::as_str), Some("contacts.write"));
+    // The message names the scope as tokens spell it, not as the code does.
+    assert!(
+        status.message().contains("\"contacts.write\"") && !status.message().contains("ContactsWrite"),
+        "{status:?}"
+    );
 
     let nothing = token("t1", "");
     let status = app.contacts_with(Some(&nothing)).get_contact(get(SOME_ID)).await.unwrap_err();
@@ -270,4 +279,26 @@ async fn an_unknown_method_is_unimplemented(backend: Backend) {
     let status = grpc.unary(tonic::Request::new(get(SOME_ID)), path, codec).await.unwrap_err();
     // agenda's own answer (tonic's router would say UNIMPLEMENTED without a reason).
     assert_error(&status, Code::Unimplemented, "METHOD_UNKNOWN");
+}
+
+async fn a_short_hs256_secret_is_refused_at_start_up(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("agenda.db").display()),
+        Backend::Postgres => crate::helpers::postgres().new_database().await,
+    };
+    for (secret, accepted) in [("x", false), (&"k".repeat(31)[..], false), (&"k".repeat(32)[..], true)] {
+        let options = agenda::config::Options {
+            database_url: Some(database_url.clone()),
+            auth_hs256_secret: Some(secret.to_string()),
+            ..Default::default()
+        };
+        match agenda::config::Settings::resolve(options) {
+            Ok(_) => assert!(accepted, "a {}-byte secret was accepted", secret.len()),
+            Err(why) => {
+                assert!(!accepted, "a {}-byte secret was refused: {why}", secret.len());
+                assert!(why.contains("AGENDA_AUTH_HS256_SECRET") && why.contains("at least 32 bytes"), "{why}");
+            }
+        }
+    }
 }

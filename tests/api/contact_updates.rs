@@ -141,6 +141,8 @@ async fn bad_masks_are_refused(backend: Backend) {
         ("create_time", "FIELD_OUTPUT_ONLY"),
         ("notes.html", "FIELD_OUTPUT_ONLY"),
         ("revision", "FIELD_OUTPUT_ONLY"),
+        ("updated_by", "FIELD_OUTPUT_ONLY"),
+        ("id", "FIELD_IMMUTABLE"),
         ("nickname", "FIELD_UNKNOWN"),
         ("emails.address", "FIELD_UNKNOWN"),
         ("display_name.first", "FIELD_UNKNOWN"),

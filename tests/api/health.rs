@@ -121,8 +121,8 @@ async fn health_follows_the_database_on_postgres() {
     health_follows_the_database(Backend::Postgres).await;
 }
 
-/// Makes the app's database unreachable (PostgreSQL: refuse and cut its
-/// connections; SQLite: garble the file) and returns how to bring it back.
+/// Makes the app's PostgreSQL database unreachable (new connections refused,
+/// open ones cut) and returns how to bring it back.
 async fn break_database(
     app: &crate::helpers::TestApp,
 ) -> Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send> {

@@ -183,7 +183,7 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) -> ErrorInfo {
     info
 }
 
-/// The field of the first BadRequest violation of `status`.
+/// The fields of every BadRequest violation of `status`, in order.
 pub fn violation_fields(status: &Status) -> Vec<String> {
     status
         .get_error_details()

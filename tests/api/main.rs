@@ -11,4 +11,5 @@ mod contact_updates;
 mod contacts;
 mod health;
 mod helpers;
+mod machinery;
 mod ops;
