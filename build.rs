@@ -8,8 +8,13 @@
 
 use std::{env, fs, path::PathBuf};
 
-const PROTOS: &[&str] =
-    &["google/api/field_behavior.proto", "agenda/v1/options.proto", "agenda/v1/types.proto", "agenda/v1/contact.proto"];
+const PROTOS: &[&str] = &[
+    "google/api/field_behavior.proto",
+    "agenda/v1/options.proto",
+    "agenda/v1/types.proto",
+    "agenda/v1/contact.proto",
+    "agenda/v1/change.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

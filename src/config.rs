@@ -136,6 +136,17 @@ pub struct Options {
     #[arg(long, env = "AGENDA_RETENTION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub retention: Option<Duration>,
+    /// How long changes are kept in the change feed; never less than the retention [default: 30d].
+    #[arg(long, env = "AGENDA_CHANGE_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub change_retention: Option<Duration>,
+    /// Open WatchChanges streams per replica; more are RESOURCE_EXHAUSTED [default: 2048].
+    #[arg(long, env = "AGENDA_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
+    /// PostgreSQL URL of the change listener's own session (LISTEN needs a
+    /// direct session: not through a transaction-mode pooler) [default: the database URL].
+    #[arg(long, env = "AGENDA_DATABASE_LISTEN_URL", hide_env_values = true)]
+    pub database_listen_url: Option<String>,
     /// How often resources past their purge time are removed [default: 1m].
     #[arg(long, env = "AGENDA_PURGE_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -238,6 +249,12 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Soft-delete retention.
     pub retention: Duration,
+    /// How long changes are kept (at least `retention`).
+    pub change_retention: Duration,
+    /// Open watch streams per replica.
+    pub max_watchers: usize,
+    /// The change listener's PostgreSQL URL (PostgreSQL only).
+    pub database_listen_url: Option<String>,
     /// How often expired resources are purged.
     pub purge_interval: Duration,
     /// How often the database is checked for health.
@@ -286,6 +303,9 @@ impl fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("retention", &self.retention)
+            .field("change_retention", &self.change_retention)
+            .field("max_watchers", &self.max_watchers)
+            .field("database_listen_url", &self.database_listen_url.as_ref().map(|_| "<redacted>"))
             .field("purge_interval", &self.purge_interval)
             .field("health_interval", &self.health_interval)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -349,6 +369,20 @@ impl Settings {
                 secret.len()
             ));
         }
+        let change_retention = pick!(change_retention).unwrap_or(Duration::from_secs(30 * 24 * 3600).max(retention));
+        if change_retention < retention {
+            return Err(format!(
+                "AGENDA_CHANGE_RETENTION ({}) must not be shorter than AGENDA_RETENTION ({}): a purge must stay in the feed as long as the resource could be read",
+                humantime::format_duration(change_retention),
+                humantime::format_duration(retention)
+            ));
+        }
+        let max_watchers = pick!(max_watchers).unwrap_or(2048);
+        let database_listen_url = match (&database, pick!(database_listen_url)) {
+            (Database::Postgres(_), Some(url)) => Some(url),
+            (Database::Postgres(url), None) => Some(url.clone()),
+            (Database::Sqlite(_), _) => None,
+        };
         let max_concurrent_calls = pick!(max_concurrent_calls).unwrap_or(512);
         if max_concurrent_calls == 0 {
             return Err("AGENDA_MAX_CONCURRENT_CALLS must be at least 1".into());
@@ -373,6 +407,9 @@ impl Settings {
             log_format: pick!(log_format).unwrap_or_else(default_log_format),
             shutdown_grace: pick!(shutdown_grace).unwrap_or(Duration::from_secs(30)),
             retention,
+            change_retention,
+            max_watchers,
+            database_listen_url,
             purge_interval: pick!(purge_interval).unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(10)),
             health_interval: pick!(health_interval).unwrap_or(Duration::from_secs(5)).max(Duration::from_millis(10)),
             max_message_bytes,

@@ -50,6 +50,7 @@ pub enum Reason {
     RequestIdReused,
     NotDeleted,
     CursorExpired,
+    WatchEnded,
     Overloaded,
     MessageTooLarge,
     DeadlineExceeded,
@@ -86,6 +87,7 @@ impl Reason {
             Reason::RequestIdReused => "REQUEST_ID_REUSED",
             Reason::NotDeleted => "NOT_DELETED",
             Reason::CursorExpired => "CURSOR_EXPIRED",
+            Reason::WatchEnded => "WATCH_ENDED",
             Reason::Overloaded => "OVERLOADED",
             Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Reason::DeadlineExceeded => "DEADLINE_EXCEEDED",
@@ -151,6 +153,13 @@ pub enum Error {
     /// The server is shedding load.
     #[error("the server is overloaded; retry with backoff")]
     Overloaded,
+    /// A change-feed cursor points before the oldest change kept.
+    #[error("changes after the cursor were purged; the oldest kept is {oldest_sequence}")]
+    CursorExpired { oldest_sequence: i64 },
+    /// A watch stream was ended (it fell behind, or the server stops); the
+    /// consumer resumes after `resume_after` and loses nothing.
+    #[error("the watch ended; resume after {resume_after}")]
+    WatchEnded { resume_after: i64, behind: bool },
     /// A request message is larger than the server accepts.
     #[error("a request message is larger than {limit} bytes")]
     MessageTooLarge { limit: usize },
@@ -197,6 +206,8 @@ impl Error {
             Error::Duplicate { .. } => Reason::Duplicate,
             Error::EtagMismatch { .. } => Reason::EtagMismatch,
             Error::Overloaded => Reason::Overloaded,
+            Error::CursorExpired { .. } => Reason::CursorExpired,
+            Error::WatchEnded { .. } => Reason::WatchEnded,
             Error::MessageTooLarge { .. } | Error::ResponseTooLarge { .. } => Reason::MessageTooLarge,
             Error::Conflict(_) => Reason::ConcurrentWrite,
             Error::DeadlineExceeded => Reason::DeadlineExceeded,
@@ -347,6 +358,23 @@ impl From<Error> for Status {
             Error::FailedPrecondition { reason, subject, message } => {
                 details.add_precondition_failure_violation(reason.as_str(), subject, message.clone());
                 (Code::FailedPrecondition, message)
+            }
+            Error::CursorExpired { oldest_sequence } => {
+                metadata.insert("oldest_sequence".to_string(), oldest_sequence.to_string());
+                let message = format!(
+                    "Changes after this cursor were purged (the oldest kept is {oldest_sequence}): resynchronize, then follow the feed from its newest sequence."
+                );
+                details.add_precondition_failure_violation("CURSOR_EXPIRED", "start_after", message.clone());
+                (Code::FailedPrecondition, message)
+            }
+            Error::WatchEnded { resume_after, behind } => {
+                metadata.insert("resume_after".to_string(), resume_after.to_string());
+                details.set_retry_info(Some(Duration::from_millis(100)));
+                let why = if behind { "fell too far behind the changes" } else { "was ended by the server" };
+                (
+                    Code::Unavailable,
+                    format!("This watch {why}; watch again with start_after = {resume_after} to resume without loss."),
+                )
             }
             Error::Overloaded => {
                 details.set_retry_info(Some(Duration::from_millis(100)));

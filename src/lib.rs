@@ -7,6 +7,7 @@ pub mod deadline;
 pub mod devmode;
 pub mod domain;
 pub mod error;
+pub mod feed;
 pub mod limits;
 pub mod listener;
 pub mod query;

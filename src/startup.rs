@@ -11,12 +11,17 @@ use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    api::{self, contact_service_server::ContactServiceServer},
+    api::{self, change_service_server::ChangeServiceServer, contact_service_server::ContactServiceServer},
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
+    feed::Feed,
     limits::LimitLayer,
     listener::{self, TlsReloader},
-    service::contact::ContactApi,
+    service::{
+        change::ChangeApi,
+        contact::{ContactApi, ContactResource},
+        resource::Pipeline,
+    },
     store::Db,
     telemetry::{
         self,
@@ -25,7 +30,8 @@ use crate::{
 };
 
 /// The gRPC services whose health is reported besides the overall `""`.
-const SERVICES: &[&str] = &[<ContactServiceServer<ContactApi> as NamedService>::NAME];
+const SERVICES: &[&str] =
+    &[<ContactServiceServer<ContactApi> as NamedService>::NAME, <ChangeServiceServer<ChangeApi> as NamedService>::NAME];
 
 /// A built server, bound to its port, not yet serving.
 pub struct Application {
@@ -103,7 +109,21 @@ impl Application {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&reporter, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone(), self.settings.health_interval));
-        let purger = tokio::spawn(purge_periodically(self.db.clone(), self.settings.purge_interval));
+        let feed = Feed::new(self.db.clone(), self.settings.max_watchers);
+        let listener = self.settings.database_listen_url.clone().map(|url| tokio::spawn(feed.clone().listen(url)));
+        let _listener_guard = listener.map(AbortOnDrop);
+        let contacts = Pipeline::<ContactResource>::new(
+            self.db.clone(),
+            feed.clone(),
+            self.settings.retention,
+            self.settings.max_response_bytes,
+        );
+        let purger = tokio::spawn(purge_periodically(
+            self.db.clone(),
+            contacts.clone(),
+            self.settings.purge_interval,
+            self.settings.change_retention,
+        ));
         let metrics = tokio::spawn(telemetry::metrics::serve(self.metrics_listener, self.db.clone()));
         let _metrics_guard = AbortOnDrop(metrics);
 
@@ -118,13 +138,13 @@ impl Application {
         // wrote, which the request size bounds (rendered HTML can be a few
         // times its raw text), so encoding allows a multiple of both.
         let encode = settings.max_response_bytes.max(max).saturating_mul(8);
-        let contacts = ContactServiceServer::new(ContactApi::new(
-            self.db.clone(),
-            settings.retention,
-            settings.max_response_bytes,
-        ))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(encode);
+        let contacts = ContactServiceServer::new(ContactApi::new(contacts))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(encode);
+        let changes =
+            ChangeServiceServer::new(ChangeApi::new(self.db.clone(), feed.clone(), settings.max_response_bytes))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(encode);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
@@ -145,6 +165,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(contacts)
+            .add_service(changes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });
@@ -223,14 +244,19 @@ async fn monitor_health(db: Db, reporter: HealthReporter, every: Duration) {
     }
 }
 
-/// Purges expired soft-deleted resources every `interval`. Safe with many
-/// replicas: on PostgreSQL each row is taken by one of them (SKIP LOCKED).
-async fn purge_periodically(db: Db, interval: Duration) {
+/// Purges expired soft-deleted resources (each with its PURGED change),
+/// request ids and changes past their retention, every `interval`. Safe with
+/// many replicas: on PostgreSQL each row is taken by one of them (SKIP LOCKED).
+async fn purge_periodically(db: Db, contacts: Pipeline<ContactResource>, interval: Duration, changes: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match db.purge_expired().await {
+        let purged = match contacts.purge_expired().await {
+            Ok(resources) => db.purge_housekeeping(changes).await.map(|rows| resources + rows),
+            Err(error) => Err(error),
+        };
+        match purged {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged expired rows"),
             Err(error) => tracing::warn!(%error, "purge failed; will retry"),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, MAX_NAME_CHARS, Meta, custom_fields, rich_text::RichText};
+use super::{Check, MAX_NAME_CHARS, Stored, custom_fields, rich_text::RichText};
 use crate::{api, error::Reason};
 
 /// Most emails of a contact.
@@ -153,13 +153,7 @@ fn parse_phones(check: &mut Check, phones: &[api::PhoneNumber]) -> Vec<Phone> {
 }
 
 /// A stored contact: its fields and what the server keeps about them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Contact {
-    /// Identity, revision, times, actors.
-    pub meta: Meta,
-    /// The writable fields.
-    pub fields: ContactFields,
-}
+pub type Contact = Stored<ContactFields>;
 
 #[cfg(test)]
 mod tests {

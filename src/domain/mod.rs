@@ -192,6 +192,15 @@ impl Meta {
     }
 }
 
+/// A stored resource of any kind: its validated fields and its [`Meta`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored<F> {
+    /// Identity, revision, times, actors.
+    pub meta: Meta,
+    /// The writable fields.
+    pub fields: F,
+}
+
 /// Parses an optional `request_id`: empty or a UUID.
 pub fn parse_request_id(check: &mut Check, field: &str, value: &str) -> Option<String> {
     let value = value.trim();

@@ -2,8 +2,11 @@
 //! converts the answer back. Shared here: timestamps, request hashes, and
 //! answers built within the response budget (list pages and batch reads).
 
+pub mod change;
 pub mod contact;
+pub mod journal;
 pub mod mask;
+pub mod resource;
 
 use prost::Message;
 use prost_types::Timestamp;

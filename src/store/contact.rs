@@ -16,6 +16,7 @@ use crate::{
     },
     error::{Error, Result},
     query::{FieldKind, FieldSpec, ResourceSpec, spec::Sql},
+    service::resource::Purged,
 };
 
 /// The resource name used in errors.
@@ -296,28 +297,34 @@ pub async fn list(conn: &mut Conn<'_>, sql: &Sql) -> Result<Vec<Contact>> {
     rows.into_iter().map(ContactRow::into_domain).collect()
 }
 
-/// Removes up to `limit` contacts whose purge time has passed; returns how
-/// many. On PostgreSQL, replicas purging at once skip each other's rows.
-pub async fn purge_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<usize> {
-    Ok(match conn {
-        Conn::Pg(c) => {
-            diesel::sql_query(
-                "DELETE FROM contacts WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM contacts \
-                 WHERE purge_time < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-            )
+/// Removes up to `limit` contacts whose purge time has passed; returns
+/// what went. On PostgreSQL, replicas purging at once skip each other's rows.
+pub async fn purge_expired(conn: &mut Conn<'_>, now: i64, limit: i64) -> Result<Vec<Purged>> {
+    #[derive(diesel::QueryableByName)]
+    struct Gone {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        tenant_id: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        revision: i64,
+    }
+    let sql = match conn {
+        Conn::Pg(_) => {
+            "DELETE FROM contacts WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM contacts \
+             WHERE purge_time < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING tenant_id, id, revision"
+        }
+        Conn::Sqlite(_) => {
+            "DELETE FROM contacts WHERE rowid IN (SELECT rowid FROM contacts WHERE purge_time < ?1 LIMIT ?2) \
+             RETURNING tenant_id, id, revision"
+        }
+    };
+    let gone: Vec<Gone> = dispatch!(conn, |c| {
+        diesel::sql_query(sql)
             .bind::<diesel::sql_types::BigInt, _>(now)
             .bind::<diesel::sql_types::BigInt, _>(limit)
-            .execute(&mut **c)
+            .load(c)
             .await?
-        }
-        Conn::Sqlite(c) => {
-            diesel::sql_query(
-                "DELETE FROM contacts WHERE rowid IN (SELECT rowid FROM contacts WHERE purge_time < ?1 LIMIT ?2)",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(now)
-            .bind::<diesel::sql_types::BigInt, _>(limit)
-            .execute(&mut **c)
-            .await?
-        }
-    })
+    });
+    Ok(gone.into_iter().map(|g| Purged { tenant: g.tenant_id, id: g.id, revision: g.revision }).collect())
 }

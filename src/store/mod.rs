@@ -2,6 +2,7 @@
 //! written for both (the [`dispatch!`] macro over [`Conn`]), transactions and
 //! migrations. One module per resource holds that resource's queries.
 
+pub mod change;
 pub mod contact;
 pub mod request_id;
 pub mod schema;
@@ -250,24 +251,26 @@ impl Db {
         }
     }
 
-    /// Removes soft-deleted resources past their purge time and request ids
-    /// past 24 hours, a bounded batch at a time; returns how many rows went.
-    pub async fn purge_expired(&self) -> Result<usize> {
+    /// Removes request ids past 24 hours and changes past `change_retention`,
+    /// a bounded batch at a time; returns how many rows went. (Soft-deleted
+    /// resources are purged by their pipelines, which journal the purge.)
+    pub async fn purge_housekeeping(&self, change_retention: Duration) -> Result<usize> {
         const BATCH: i64 = 1000;
+        let keep = i64::try_from(change_retention.as_micros()).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            let purged = self
-                .write(|c| {
+            let (requests, changes) = self
+                .write(move |c| {
                     Box::pin(async move {
                         let now = now_micros();
-                        let contacts = contact::purge_expired(c, now, BATCH).await?;
                         let requests = request_id::purge_expired(c, now).await?;
-                        Ok((contacts, requests))
+                        let changes = change::purge_expired(c, now.saturating_sub(keep), BATCH).await?;
+                        Ok((requests, changes))
                     })
                 })
                 .await?;
-            total += purged.0 + purged.1;
-            if (purged.0 as i64) < BATCH {
+            total += requests + changes;
+            if (changes as i64) < BATCH {
                 return Ok(total);
             }
         }

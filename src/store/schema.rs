@@ -42,3 +42,32 @@ diesel::table! {
         create_time -> BigInt,
     }
 }
+
+diesel::table! {
+    /// Per tenant: the last change sequence handed out, and what was purged.
+    change_sequences (tenant_id) {
+        tenant_id -> Text,
+        last_sequence -> BigInt,
+        purged_through -> BigInt,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::Json;
+
+    /// The change feed of all tenants.
+    changes (tenant_id, sequence) {
+        tenant_id -> Text,
+        sequence -> BigInt,
+        resource_type -> Integer,
+        resource_id -> Text,
+        kind -> Integer,
+        revision -> BigInt,
+        actor -> Text,
+        request_id -> Nullable<Text>,
+        time -> BigInt,
+        diff -> Json,
+        resource -> Nullable<Binary>,
+    }
+}

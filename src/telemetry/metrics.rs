@@ -19,6 +19,39 @@ pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 /// How long calls waited for a pooled database connection.
 pub const POOL_WAIT_SECONDS: &str = "agenda_db_pool_wait_seconds";
 
+/// How long after its commit a change reached a watcher.
+pub const CHANGE_LAG_SECONDS: &str = "agenda_change_lag_seconds";
+/// Open WatchChanges streams of this replica.
+pub const WATCHERS: &str = "agenda_change_watchers";
+/// Changes sent to watchers.
+pub const CHANGES_SENT: &str = "agenda_changes_sent_total";
+/// Watchers cut off for falling behind.
+pub const WATCHERS_CUT: &str = "agenda_change_watchers_cut_total";
+
+const LAG_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A watch stream opened.
+pub fn watcher_opened() {
+    metrics::gauge!(WATCHERS).increment(1.0);
+}
+
+/// A watch stream closed.
+pub fn watcher_closed() {
+    metrics::gauge!(WATCHERS).decrement(1.0);
+}
+
+/// A watcher was cut off for falling behind.
+pub fn watcher_cut() {
+    metrics::counter!(WATCHERS_CUT).increment(1);
+}
+
+/// A change committed at `time_micros` was sent to a watcher now.
+pub fn change_sent(time_micros: i64) {
+    metrics::counter!(CHANGES_SENT).increment(1);
+    let lag = (chrono::Utc::now().timestamp_micros() - time_micros).max(0) as f64 / 1e6;
+    metrics::histogram!(CHANGE_LAG_SECONDS).record(lag);
+}
+
 /// grpc-prometheus's default buckets, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const POOL_WAIT_BUCKETS: &[f64] = &[0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -37,6 +70,10 @@ pub fn handle() -> &'static PrometheusHandle {
             Ok(builder) => builder,
             Err(_) => PrometheusBuilder::new(),
         };
+        let builder = match builder.set_buckets_for_metric(Matcher::Full(CHANGE_LAG_SECONDS.into()), LAG_BUCKETS) {
+            Ok(builder) => builder,
+            Err(_) => PrometheusBuilder::new(),
+        };
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -52,6 +89,10 @@ pub fn handle() -> &'static PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("grpc_server_started_total", "Total number of RPCs started on the server.");
+    describe_gauge!(WATCHERS, "Open WatchChanges streams of this replica.");
+    describe_counter!(CHANGES_SENT, "Changes sent to WatchChanges streams.");
+    describe_counter!(WATCHERS_CUT, "WatchChanges streams ended for falling too far behind.");
+    describe_histogram!(CHANGE_LAG_SECONDS, Unit::Seconds, "Time from a change's commit to its sending to a watcher.");
     describe_counter!(
         "grpc_server_handled_total",
         "Total number of RPCs completed on the server, regardless of success or failure."

@@ -1,0 +1,272 @@
+//! The live change feed of one replica: watchers of a tenant share one hub,
+//! which reads the tenant's new changes with one query per wake-up and fans
+//! them out, so a thousand watchers cost one query, not a thousand.
+//!
+//! Hubs wake when a change commits: on this replica the write path calls
+//! [`Feed::committed`]; on PostgreSQL every replica also keeps one dedicated
+//! connection that LISTENs on the change channel (each writing transaction
+//! NOTIFYs its tenant at commit), so a write through any replica reaches the
+//! watchers of all. When that connection drops, the listener reconnects and
+//! wakes every hub, whose query then catches up with whatever was missed:
+//! a hub always reads "after the last sequence I have seen", never "what the
+//! notification said".
+//!
+//! Watchers are bounded: each has a queue of [`WATCHER_QUEUE`] changes, and
+//! one that falls further behind is cut off (its stream ends with
+//! UNAVAILABLE and the sequence to resume after, losing nothing). At most
+//! `AGENDA_MAX_WATCHERS` streams are open per replica; they do not use the
+//! permits of unary calls.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::{
+    error::{Error, Result},
+    store::{
+        Db,
+        change::{self, ChangeRow},
+    },
+    telemetry::metrics,
+};
+
+/// Changes a watcher may have queued before it is cut off.
+pub const WATCHER_QUEUE: usize = 1024;
+/// Changes a hub reads per query.
+const FETCH: i64 = 500;
+
+/// The feed of one replica.
+#[derive(Clone)]
+pub struct Feed {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
+    watchers: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+/// The watchers of one tenant on this replica.
+struct Hub {
+    wake: Notify,
+    subscribers: Mutex<Vec<Subscriber>>,
+}
+
+struct Subscriber {
+    id: u64,
+    queue: mpsc::Sender<Arc<ChangeRow>>,
+    cut: Arc<AtomicBool>,
+}
+
+/// One watcher's live changes, from its registration on. Dropping it
+/// unregisters the watcher.
+pub struct Subscription {
+    /// The changes, in sequence order; ends when the watcher is cut off.
+    pub changes: mpsc::Receiver<Arc<ChangeRow>>,
+    cut: Arc<AtomicBool>,
+    id: u64,
+    tenant: String,
+    feed: Feed,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Subscription {
+    /// Whether the watcher was cut off for falling behind.
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        metrics::watcher_closed();
+        let feed = self.feed.clone();
+        let (tenant, id) = (std::mem::take(&mut self.tenant), self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { feed.unsubscribe(&tenant, id).await });
+        }
+    }
+}
+
+impl Feed {
+    /// The feed of a replica on `db`, with at most `max_watchers` open streams.
+    pub fn new(db: Db, max_watchers: usize) -> Feed {
+        Feed {
+            inner: Arc::new(Inner {
+                db,
+                hubs: tokio::sync::Mutex::new(HashMap::new()),
+                watchers: Arc::new(Semaphore::new(max_watchers)),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Wakes the hubs of tenants whose changes just committed here.
+    pub fn committed(&self, tenants: &[(String, i64)]) {
+        if tenants.is_empty() {
+            return;
+        }
+        let feed = self.clone();
+        let tenants: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
+        tokio::spawn(async move {
+            let hubs = feed.inner.hubs.lock().await;
+            for tenant in tenants {
+                if let Some(hub) = hubs.get(&tenant) {
+                    hub.wake.notify_one();
+                }
+            }
+        });
+    }
+
+    async fn wake(&self, tenant: &str) {
+        if let Some(hub) = self.inner.hubs.lock().await.get(tenant) {
+            hub.wake.notify_one();
+        }
+    }
+
+    async fn wake_all(&self) {
+        for hub in self.inner.hubs.lock().await.values() {
+            hub.wake.notify_one();
+        }
+    }
+
+    /// Registers a watcher of `tenant`: from now on every change the hub
+    /// reads reaches it. `OVERLOADED` when the replica has its most streams.
+    pub async fn subscribe(&self, tenant: &str) -> Result<Subscription> {
+        let permit = self.inner.watchers.clone().try_acquire_owned().map_err(|_| Error::Overloaded)?;
+        let mut hubs = self.inner.hubs.lock().await;
+        let hub = match hubs.get(tenant) {
+            Some(hub) => hub.clone(),
+            None => {
+                // A new hub starts after what is committed now; a watcher's own
+                // replay (made after it registered) covers everything before.
+                let tenant_owned = tenant.to_string();
+                let (last, _) =
+                    self.inner.db.read(move |c| Box::pin(async move { change::state(c, &tenant_owned).await })).await?;
+                let hub = Arc::new(Hub { wake: Notify::new(), subscribers: Mutex::new(Vec::new()) });
+                hubs.insert(tenant.to_string(), hub.clone());
+                tokio::spawn(self.clone().run_hub(tenant.to_string(), hub.clone(), last));
+                hub
+            }
+        };
+        let (queue, changes) = mpsc::channel(WATCHER_QUEUE);
+        let cut = Arc::new(AtomicBool::new(false));
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut subscribers) = hub.subscribers.lock() {
+            subscribers.push(Subscriber { id, queue, cut: cut.clone() });
+        }
+        metrics::watcher_opened();
+        Ok(Subscription { changes, cut, id, tenant: tenant.to_string(), feed: self.clone(), _permit: permit })
+    }
+
+    async fn unsubscribe(&self, tenant: &str, id: u64) {
+        let mut hubs = self.inner.hubs.lock().await;
+        let empty = match hubs.get(tenant) {
+            Some(hub) => match hub.subscribers.lock() {
+                Ok(mut subscribers) => {
+                    subscribers.retain(|s| s.id != id);
+                    subscribers.is_empty()
+                }
+                Err(_) => true,
+            },
+            None => false,
+        };
+        if empty && let Some(hub) = hubs.remove(tenant) {
+            // Its task sees it is gone at its next wake-up and ends.
+            hub.wake.notify_one();
+        }
+    }
+
+    /// The hub's loop: on each wake-up, read everything after the last
+    /// sequence seen and hand it to every watcher.
+    async fn run_hub(self, tenant: String, hub: Arc<Hub>, mut last: i64) {
+        loop {
+            hub.wake.notified().await;
+            let still_registered = self.inner.hubs.lock().await.get(&tenant).is_some_and(|h| Arc::ptr_eq(h, &hub));
+            if !still_registered {
+                return;
+            }
+            loop {
+                let (t, after) = (tenant.clone(), last);
+                let rows = match self
+                    .inner
+                    .db
+                    .read(move |c| Box::pin(async move { change::after(c, &t, after, FETCH, &[]).await }))
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        tracing::warn!(%error, "reading new changes failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                let full = rows.len() as i64 == FETCH;
+                for row in rows {
+                    last = row.sequence;
+                    let row = Arc::new(row);
+                    if let Ok(mut subscribers) = hub.subscribers.lock() {
+                        subscribers.retain(|s| match s.queue.try_send(row.clone()) {
+                            Ok(()) => true,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                s.cut.store(true, Ordering::Release);
+                                metrics::watcher_cut();
+                                false
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        });
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Listens on PostgreSQL for changes committed through any replica, on a
+    /// connection of its own (`url`), until the process ends: reconnects with
+    /// a backoff, and after each (re)connect wakes every hub to catch up.
+    pub async fn listen(self, url: String) {
+        use diesel_async::AsyncConnection;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match diesel_async::AsyncPgConnection::establish(&url).await {
+                Ok(mut conn) => match change::listen(&mut conn).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        tracing::debug!("listening for changes");
+                        self.wake_all().await;
+                        let mut notifications = std::pin::pin!(conn.notifications_stream());
+                        while let Some(notification) = notifications.next().await {
+                            match notification {
+                                Ok(n) => self.wake(&n.payload).await,
+                                Err(error) => {
+                                    tracing::warn!(%error, "the change listener failed");
+                                    break;
+                                }
+                            }
+                        }
+                        tracing::warn!("the change listener's connection closed; reconnecting");
+                    }
+                    Err(error) => tracing::warn!(%error, "LISTEN failed; retrying"),
+                },
+                Err(error) => tracing::warn!(%error, "the change listener cannot connect; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Whatever committed while it was down is read by the hubs now.
+            self.wake_all().await;
+        }
+    }
+}

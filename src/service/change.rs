@@ -1,0 +1,254 @@
+//! `agenda.v1.ChangeService`: the journal made consumable. ListChanges pages
+//! through stored changes; WatchChanges replays what is stored after the
+//! caller's cursor and then streams live changes from the replica's
+//! [`Feed`], handing over from replay to live with no gap and no duplicate:
+//! the watcher registers first, replays second, and then skips every live
+//! change it has already sent.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Budget, journal::field_changes, timestamp};
+use crate::{
+    api::{self, change_service_server::ChangeService},
+    auth::Principal,
+    error::{Error, Reason, Result},
+    feed::Feed,
+    store::{
+        Db,
+        change::{self, ChangeRow},
+    },
+    telemetry::metrics,
+};
+
+/// Changes per ListChanges page when none is asked for.
+const DEFAULT_PAGE: i64 = 100;
+/// Largest ListChanges page.
+const MAX_PAGE: i64 = 1000;
+/// Changes read at a time while a watcher replays.
+const REPLAY_CHUNK: i64 = 500;
+
+/// The change service.
+#[derive(Clone)]
+pub struct ChangeApi {
+    db: Db,
+    feed: Feed,
+    max_response_bytes: usize,
+}
+
+/// What a consumer asked for.
+#[derive(Clone)]
+struct Selection {
+    tenant: String,
+    types: Vec<i32>,
+    include_resources: bool,
+}
+
+impl ChangeApi {
+    /// The service over `db`, with live changes from `feed`.
+    pub fn new(db: Db, feed: Feed, max_response_bytes: usize) -> Self {
+        ChangeApi { db, feed, max_response_bytes }
+    }
+
+    /// `CURSOR_EXPIRED` when changes after `start_after` were purged; returns
+    /// the tenant's last sequence.
+    async fn check_cursor(&self, tenant: &str, start_after: i64) -> Result<i64> {
+        if start_after < 0 {
+            return Err(Error::invalid("start_after", Reason::FieldInvalid, "start_after must not be negative."));
+        }
+        let tenant = tenant.to_string();
+        let (last, purged_through) =
+            self.db.read(move |c| Box::pin(async move { change::state(c, &tenant).await })).await?;
+        if start_after < purged_through {
+            return Err(Error::CursorExpired { oldest_sequence: purged_through + 1 });
+        }
+        Ok(last)
+    }
+}
+
+fn selection(caller: &Principal, types: &[i32], include_resources: bool) -> Result<Selection> {
+    for (i, t) in types.iter().enumerate() {
+        match api::ResourceType::try_from(*t) {
+            Ok(api::ResourceType::Unspecified) | Err(_) => {
+                return Err(Error::invalid(
+                    format!("resource_types[{i}]"),
+                    Reason::FieldInvalid,
+                    format!("resource_types[{i}] is not a resource type."),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(Selection { tenant: caller.tenant.clone(), types: types.to_vec(), include_resources })
+}
+
+/// A stored change as the API returns it.
+fn to_proto(row: &ChangeRow, include_resources: bool) -> api::Change {
+    let resource = match (&row.resource, include_resources) {
+        (Some(bytes), true) => match api::ResourceType::try_from(row.resource_type) {
+            Ok(api::ResourceType::Contact) => {
+                api::Contact::decode(bytes.as_slice()).ok().map(api::change::Resource::Contact)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    api::Change {
+        sequence: row.sequence,
+        resource_type: row.resource_type,
+        resource_id: row.resource_id.clone(),
+        kind: row.kind,
+        revision: row.revision,
+        actor: row.actor.clone(),
+        request_id: row.request_id.clone().unwrap_or_default(),
+        time: Some(timestamp(row.time)),
+        changes: field_changes(&row.diff.0),
+        resource,
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = std::result::Result<api::Change, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChangeService for ChangeApi {
+    async fn list_changes(
+        &self,
+        request: Request<api::ListChangesRequest>,
+    ) -> std::result::Result<Response<api::ListChangesResponse>, Status> {
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        if request.page_size < 0 {
+            return Err(Error::invalid("page_size", Reason::FieldInvalid, "page_size must not be negative.").into());
+        }
+        let page = match i64::from(request.page_size) {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let wanted = selection(&caller, &request.resource_types, request.include_resources)?;
+        // The last sequence is read before the page: every change up to it
+        // had committed, so a short page has seen all of them.
+        let last = self.check_cursor(&wanted.tenant, request.start_after).await?;
+        let (start_after, limit) = (request.start_after, self.max_response_bytes);
+        let (changes, next) = self
+            .db
+            .read(move |c| {
+                Box::pin(async move {
+                    let rows = change::after(c, &wanted.tenant, start_after, page, &wanted.types).await?;
+                    let full = rows.len() as i64 == page;
+                    let mut budget = Budget::new(limit);
+                    let mut changes = Vec::with_capacity(rows.len());
+                    let mut next = start_after;
+                    for row in &rows {
+                        let change = to_proto(row, wanted.include_resources);
+                        if !budget.take(&change) {
+                            if changes.is_empty() {
+                                return Err(Error::ResponseTooLarge { limit });
+                            }
+                            return Ok((changes, next));
+                        }
+                        next = row.sequence;
+                        changes.push(change);
+                    }
+                    if !full {
+                        next = next.max(last);
+                    }
+                    Ok((changes, next))
+                })
+            })
+            .await?;
+        Ok(Response::new(api::ListChangesResponse { changes, next_start_after: next }))
+    }
+
+    type WatchChangesStream = WatchStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<api::WatchChangesRequest>,
+    ) -> std::result::Result<Response<Self::WatchChangesStream>, Status> {
+        let caller = Principal::of(&request)?;
+        let request = request.into_inner();
+        let wanted = selection(&caller, &request.resource_types, request.include_resources)?;
+        self.check_cursor(&wanted.tenant, request.start_after).await?;
+        // Registered before the replay: nothing committed from here on is missed.
+        let subscription = self.feed.subscribe(&wanted.tenant).await?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(watch(self.db.clone(), wanted, request.start_after, subscription, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends one change; `false` once the caller has gone.
+async fn send(
+    tx: &mpsc::Sender<std::result::Result<api::Change, Status>>,
+    row: &ChangeRow,
+    wanted: &Selection,
+) -> bool {
+    let change = to_proto(row, wanted.include_resources);
+    let sent = tx.send(Ok(change)).await.is_ok();
+    if sent {
+        metrics::change_sent(row.time);
+    }
+    sent
+}
+
+/// The body of one watch stream: replay, then live.
+async fn watch(
+    db: Db,
+    wanted: Selection,
+    start_after: i64,
+    mut subscription: crate::feed::Subscription,
+    tx: mpsc::Sender<std::result::Result<api::Change, Status>>,
+) {
+    let mut last = start_after;
+    loop {
+        let (selection, after) = (wanted.clone(), last);
+        let rows = db
+            .read(move |c| {
+                Box::pin(
+                    async move { change::after(c, &selection.tenant, after, REPLAY_CHUNK, &selection.types).await },
+                )
+            })
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                let _ = tx.send(Err(Status::from(error))).await;
+                return;
+            }
+        };
+        let done = (rows.len() as i64) < REPLAY_CHUNK;
+        for row in &rows {
+            if !send(&tx, row, &wanted).await {
+                return;
+            }
+            last = row.sequence;
+        }
+        if done {
+            break;
+        }
+    }
+    loop {
+        let row: Option<Arc<ChangeRow>> = tokio::select! {
+            row = subscription.changes.recv() => row,
+            () = tx.closed() => return,
+        };
+        let Some(row) = row else { break };
+        if row.sequence <= last {
+            continue;
+        }
+        last = row.sequence;
+        if !wanted.types.is_empty() && !wanted.types.contains(&row.resource_type) {
+            continue;
+        }
+        if !send(&tx, &row, &wanted).await {
+            return;
+        }
+    }
+    let ended = Error::WatchEnded { resume_after: last, behind: subscription.was_cut() };
+    let _ = tx.send(Err(Status::from(ended))).await;
+}
