@@ -237,12 +237,26 @@ impl Db {
                     }
                     conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}")).await?;
                 }
-                let result = conn
-                    .transaction(async move |tx: &mut SqliteConn| {
-                        let mut conn = Conn::Sqlite(tx);
-                        body(&mut conn).await
-                    })
-                    .await;
+                // BEGIN IMMEDIATE takes the write lock first, waiting for it
+                // under the busy timeout; a deferred BEGIN that reads and then
+                // writes would fail at once (SQLITE_BUSY) whenever another
+                // connection holds the lock, without waiting.
+                let result = match conn.batch_execute("BEGIN IMMEDIATE").await {
+                    Ok(()) => match body(&mut Conn::Sqlite(conn)).await {
+                        Ok(value) => match conn.batch_execute("COMMIT").await {
+                            Ok(()) => Ok(value),
+                            Err(error) => {
+                                let _ = conn.batch_execute("ROLLBACK").await;
+                                Err(error.into())
+                            }
+                        },
+                        Err(error) => {
+                            let _ = conn.batch_execute("ROLLBACK").await;
+                            Err(error)
+                        }
+                    },
+                    Err(error) => Err(error.into()),
+                };
                 if left.is_some() {
                     conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await?;
                 }

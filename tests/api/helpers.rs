@@ -15,7 +15,7 @@ use std::{
 };
 
 use agenda::{
-    api::contact_service_client::ContactServiceClient,
+    api::{change_service_client::ChangeServiceClient, contact_service_client::ContactServiceClient},
     config::{Options, Settings},
     startup::Application,
 };
@@ -132,6 +132,15 @@ impl Interceptor for Bearer {
 /// A contact client.
 pub type Contacts = ContactServiceClient<InterceptedService<Channel, Bearer>>;
 
+/// A change-feed client.
+pub type Changes = ChangeServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A change-feed client on `channel` for `tenant`.
+pub fn changes_on(channel: Channel, tenant: &str) -> Changes {
+    let bearer = Bearer(Some(format!("Bearer {}", token(tenant, "changes.read")).parse().expect("ascii token")));
+    ChangeServiceClient::with_interceptor(channel, bearer)
+}
+
 /// A contact client on `channel` for `tenant` with the contact scopes.
 pub fn contacts_on(channel: Channel, tenant: &str) -> Contacts {
     let bearer = Bearer(Some(format!("Bearer {}", token(tenant, "contacts.write")).parse().expect("ascii token")));
@@ -160,6 +169,11 @@ impl TestApp {
     /// A contact client for `tenant` with the contact scopes.
     pub fn contacts(&self, tenant: &str) -> Contacts {
         contacts_on(self.channel.clone(), tenant)
+    }
+
+    /// A change-feed client for `tenant`.
+    pub fn changes(&self, tenant: &str) -> Changes {
+        changes_on(self.channel.clone(), tenant)
     }
 }
 
@@ -292,7 +306,8 @@ fn pg_command(bin: &Path, tool: &str) -> Command {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 

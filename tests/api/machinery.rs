@@ -292,7 +292,9 @@ async fn deadlines_longer_than_postgresql_accepts_still_write(backend: Backend) 
             .get_contact(with_timeout(GetContactRequest { id: created.id.clone(), read_mask: None }, "300m"))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        // On a loaded machine the client's own timer (CANCELLED in tonic) can be first.
+        let client_timer = status.code() == Code::Cancelled && status.message().contains("Timeout expired");
+        assert!(status.code() == Code::DeadlineExceeded || client_timer, "{status:?}");
         let mut left = i64::MAX;
         for _ in 0..100 {
             left = lock_waiters(&mut blocker).await;

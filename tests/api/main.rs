@@ -5,6 +5,7 @@
 mod backends;
 
 mod auth;
+mod changes;
 mod contact_batches;
 mod contact_lists;
 mod contact_updates;
@@ -13,3 +14,4 @@ mod health;
 mod helpers;
 mod machinery;
 mod ops;
+mod replicas;

@@ -218,7 +218,10 @@ async fn a_deadline_ends_the_call_and_its_query(backend: Backend) {
     request.set_timeout(Duration::from_millis(200));
     let start = std::time::Instant::now();
     let status = contacts.create_contact(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // The server answers 10 ms before the deadline; on a loaded machine the
+    // client's own timer (tonic reports it as CANCELLED) can still be first.
+    let client_timer = status.code() == Code::Cancelled && status.message().contains("Timeout expired");
+    assert!(status.code() == Code::DeadlineExceeded || client_timer, "{status:?}");
     assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
 
     // The database stopped working on it too, while the lock is still held.

@@ -1,0 +1,151 @@
+//! Replicas on one PostgreSQL database: a change committed through one
+//! reaches the watchers of another, also when the other's LISTEN connection
+//! was cut. PostgreSQL only: an embedded SQLite file is one process's, and
+//! its feed is signalled in-process (the other tests cover it).
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agenda::api::{Contact, CreateContactRequest, WatchChangesRequest};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tonic::transport::Channel;
+
+use crate::helpers::{Backend, SECRET, changes_on, contacts_on, enabled, free_port, postgres, spawn_app_with};
+
+fn create(name: &str) -> CreateContactRequest {
+    CreateContactRequest {
+        contact: Some(Contact { display_name: name.into(), ..Default::default() }),
+        request_id: String::new(),
+    }
+}
+
+/// The `agenda` binary serving `database_url`; killed when dropped.
+struct Process {
+    child: Child,
+    channel: Option<Channel>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(database_url: &str) -> Process {
+    let (port, metrics) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_agenda"))
+        .arg("serve")
+        .env("AGENDA_DATABASE_URL", database_url)
+        .env("AGENDA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AGENDA_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
+        .env("AGENDA_AUTH_HS256_SECRET", SECRET)
+        .env("AGENDA_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agenda");
+    let mut process = Process { child, channel: None };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
+                process.channel = Some(channel);
+                return process;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "agenda did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_process_reaches_a_watcher_on_another() {
+    if !enabled(Backend::Postgres) {
+        eprintln!("PostgreSQL left out by AGENDA_TEST_BACKENDS");
+        return;
+    }
+    let url = postgres().new_database().await;
+    let (first, second) = (serve(&url).await, serve(&url).await);
+    let channel = |p: &Process| p.channel.clone().expect("connected");
+    let mut watcher = changes_on(channel(&second), "t1")
+        .watch_changes(WatchChangesRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut writer = contacts_on(channel(&first), "t1");
+    for name in ["A", "B", "C"] {
+        writer.create_contact(create(name)).await.expect("create");
+    }
+    for expected in 1..=3 {
+        let change = tokio::time::timeout(Duration::from_secs(10), watcher.message())
+            .await
+            .expect("the change reaches the other process")
+            .expect("stream")
+            .expect("a change");
+        assert_eq!(change.sequence, expected);
+    }
+}
+
+/// The listener connections of this database's replicas.
+async fn terminate_listeners(url: &str) -> usize {
+    #[derive(diesel::QueryableByName)]
+    struct Terminated {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        done: bool,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    let rows: Vec<Terminated> = diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .load(&mut conn)
+    .await
+    .expect("terminate");
+    rows.iter().filter(|r| r.done).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_listen_connection_loses_nothing() {
+    if !enabled(Backend::Postgres) {
+        eprintln!("PostgreSQL left out by AGENDA_TEST_BACKENDS");
+        return;
+    }
+    let watching = spawn_app_with(Backend::Postgres, |_| {}).await;
+    let url = watching.database_url.clone();
+    let writing = spawn_app_with(Backend::Postgres, |o| o.database_url = Some(url.clone())).await;
+    let mut watcher =
+        watching.changes("t1").watch_changes(WatchChangesRequest::default()).await.expect("watch").into_inner();
+    let mut writer = writing.contacts("t1");
+    writer.create_contact(create("before")).await.expect("create");
+    let first = tokio::time::timeout(Duration::from_secs(10), watcher.message()).await.expect("live").expect("ok");
+    assert_eq!(first.expect("a change").sequence, 1);
+    // Both replicas' listeners are cut; the writes right after may find no
+    // one listening, and must still arrive.
+    let mut cut = 0;
+    for _ in 0..100 {
+        cut = terminate_listeners(&url).await;
+        if cut > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cut >= 1, "no LISTEN connection found");
+    for name in ["during-1", "during-2", "during-3"] {
+        writer.create_contact(create(name)).await.expect("create");
+    }
+    for expected in 2..=4 {
+        let change = tokio::time::timeout(Duration::from_secs(15), watcher.message())
+            .await
+            .expect("caught up after the listener reconnected")
+            .expect("stream")
+            .expect("a change");
+        assert_eq!(change.sequence, expected);
+    }
+}
