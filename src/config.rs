@@ -378,8 +378,14 @@ impl Settings {
             ));
         }
         let max_watchers = pick!(max_watchers).unwrap_or(2048);
+        if max_watchers == 0 {
+            return Err("AGENDA_MAX_WATCHERS must be at least 1".into());
+        }
         let database_listen_url = match (&database, pick!(database_listen_url)) {
-            (Database::Postgres(_), Some(url)) => Some(url),
+            (Database::Postgres(_), Some(url)) => match parse_database_url(&url)? {
+                Database::Postgres(url) => Some(url),
+                Database::Sqlite(_) => return Err("AGENDA_DATABASE_LISTEN_URL must be a postgres:// URL".into()),
+            },
             (Database::Postgres(url), None) => Some(url.clone()),
             (Database::Sqlite(_), _) => None,
         };

@@ -42,6 +42,8 @@ use crate::{
 pub const WATCHER_QUEUE: usize = 1024;
 /// Changes a hub reads per query.
 const FETCH: i64 = 500;
+/// How often every hub of a PostgreSQL replica reads, notified or not.
+const CATCH_UP_POLL: Duration = Duration::from_secs(5);
 
 /// The feed of one replica.
 #[derive(Clone)]
@@ -53,6 +55,9 @@ struct Inner {
     db: Db,
     hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
     watchers: Arc<Semaphore>,
+    /// Feed reads (hubs and replays) at once, so watchers cannot take every
+    /// pooled connection from unary calls.
+    reads: Arc<Semaphore>,
     next_id: AtomicU64,
 }
 
@@ -68,6 +73,18 @@ struct Subscriber {
     cut: Arc<AtomicBool>,
 }
 
+/// A watcher's place among the replica's most streams, taken before it
+/// starts and held while it is open.
+pub struct WatcherSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        metrics::watcher_closed();
+    }
+}
+
 /// One watcher's live changes, from its registration on. Dropping it
 /// unregisters the watcher.
 pub struct Subscription {
@@ -77,7 +94,7 @@ pub struct Subscription {
     id: u64,
     tenant: String,
     feed: Feed,
-    _permit: OwnedSemaphorePermit,
+    _slot: WatcherSlot,
 }
 
 impl Subscription {
@@ -89,7 +106,6 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        metrics::watcher_closed();
         let feed = self.feed.clone();
         let (tenant, id) = (std::mem::take(&mut self.tenant), self.id);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -99,19 +115,28 @@ impl Drop for Subscription {
 }
 
 impl Feed {
-    /// The feed of a replica on `db`, with at most `max_watchers` open streams.
-    pub fn new(db: Db, max_watchers: usize) -> Feed {
+    /// The feed of a replica on `db`, with at most `max_watchers` open
+    /// streams and `read_slots` feed reads at once.
+    pub fn new(db: Db, max_watchers: usize, read_slots: usize) -> Feed {
         Feed {
             inner: Arc::new(Inner {
                 db,
                 hubs: tokio::sync::Mutex::new(HashMap::new()),
                 watchers: Arc::new(Semaphore::new(max_watchers)),
+                reads: Arc::new(Semaphore::new(read_slots.max(1))),
                 next_id: AtomicU64::new(1),
             }),
         }
     }
 
-    /// Wakes the hubs of tenants whose changes just committed here.
+    /// A slot for one feed read; held while it runs.
+    pub async fn read_slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.inner.reads.clone().acquire_owned().await.map_err(|_| Error::Internal("the feed is closed".into()))
+    }
+
+    /// Wakes the hubs of tenants whose changes just committed here and, on
+    /// PostgreSQL, tells the other replicas (a NOTIFY after the commit; if it
+    /// is lost, their hubs' periodic catch-up reads the changes anyway).
     pub fn committed(&self, tenants: &[(String, i64)]) {
         if tenants.is_empty() {
             return;
@@ -119,10 +144,19 @@ impl Feed {
         let feed = self.clone();
         let tenants: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
         tokio::spawn(async move {
-            let hubs = feed.inner.hubs.lock().await;
-            for tenant in tenants {
-                if let Some(hub) = hubs.get(&tenant) {
-                    hub.wake.notify_one();
+            {
+                let hubs = feed.inner.hubs.lock().await;
+                for tenant in &tenants {
+                    if let Some(hub) = hubs.get(tenant) {
+                        hub.wake.notify_one();
+                    }
+                }
+            }
+            if feed.inner.db.is_pg() {
+                let notified =
+                    feed.inner.db.read(move |c| Box::pin(async move { change::notify(c, &tenants).await })).await;
+                if let Err(error) = notified {
+                    tracing::warn!(%error, "NOTIFY of new changes failed; other replicas catch up on their next poll");
                 }
             }
         });
@@ -140,10 +174,17 @@ impl Feed {
         }
     }
 
-    /// Registers a watcher of `tenant`: from now on every change the hub
-    /// reads reaches it. `OVERLOADED` when the replica has its most streams.
-    pub async fn subscribe(&self, tenant: &str) -> Result<Subscription> {
+    /// A place for one more watch stream; `OVERLOADED` when the replica has
+    /// its most streams open.
+    pub fn reserve(&self) -> Result<WatcherSlot> {
         let permit = self.inner.watchers.clone().try_acquire_owned().map_err(|_| Error::Overloaded)?;
+        metrics::watcher_opened();
+        Ok(WatcherSlot { _permit: permit })
+    }
+
+    /// Registers a watcher of `tenant`: from now on every change the hub
+    /// reads reaches it.
+    pub async fn subscribe(&self, tenant: &str, slot: WatcherSlot) -> Result<Subscription> {
         let mut hubs = self.inner.hubs.lock().await;
         let hub = match hubs.get(tenant) {
             Some(hub) => hub.clone(),
@@ -165,8 +206,7 @@ impl Feed {
         if let Ok(mut subscribers) = hub.subscribers.lock() {
             subscribers.push(Subscriber { id, queue, cut: cut.clone() });
         }
-        metrics::watcher_opened();
-        Ok(Subscription { changes, cut, id, tenant: tenant.to_string(), feed: self.clone(), _permit: permit })
+        Ok(Subscription { changes, cut, id, tenant: tenant.to_string(), feed: self.clone(), _slot: slot })
     }
 
     async fn unsubscribe(&self, tenant: &str, id: u64) {
@@ -198,6 +238,7 @@ impl Feed {
             }
             loop {
                 let (t, after) = (tenant.clone(), last);
+                let slot = self.read_slot().await;
                 let rows = match self
                     .inner
                     .db
@@ -211,6 +252,7 @@ impl Feed {
                         continue;
                     }
                 };
+                drop(slot);
                 let full = rows.len() as i64 == FETCH;
                 for row in rows {
                     last = row.sequence;
@@ -248,13 +290,22 @@ impl Feed {
                         tracing::debug!("listening for changes");
                         self.wake_all().await;
                         let mut notifications = std::pin::pin!(conn.notifications_stream());
-                        while let Some(notification) = notifications.next().await {
-                            match notification {
-                                Ok(n) => self.wake(&n.payload).await,
-                                Err(error) => {
-                                    tracing::warn!(%error, "the change listener failed");
-                                    break;
-                                }
+                        // A poll now and then catches up with a NOTIFY lost between
+                        // another replica's commit and its notify, or on a silently
+                        // dead connection.
+                        let mut poll = tokio::time::interval(CATCH_UP_POLL);
+                        poll.tick().await;
+                        loop {
+                            tokio::select! {
+                                notification = notifications.next() => match notification {
+                                    Some(Ok(n)) => self.wake(&n.payload).await,
+                                    Some(Err(error)) => {
+                                        tracing::warn!(%error, "the change listener failed");
+                                        break;
+                                    }
+                                    None => break,
+                                },
+                                _ = poll.tick() => self.wake_all().await,
                             }
                         }
                         tracing::warn!("the change listener's connection closed; reconnecting");

@@ -109,7 +109,8 @@ impl Application {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_all(&reporter, ServingStatus::Serving).await;
         let monitor = tokio::spawn(monitor_health(self.db.clone(), reporter.clone(), self.settings.health_interval));
-        let feed = Feed::new(self.db.clone(), self.settings.max_watchers);
+        let feed =
+            Feed::new(self.db.clone(), self.settings.max_watchers, (self.settings.database_pool_size / 2).max(1));
         let listener = self.settings.database_listen_url.clone().map(|url| tokio::spawn(feed.clone().listen(url)));
         let _listener_guard = listener.map(AbortOnDrop);
         let contacts = Pipeline::<ContactResource>::new(

@@ -9,14 +9,16 @@ mod backends;
 #[path = "api/helpers.rs"]
 mod helpers;
 
-use agenda::api::{Contact, CreateContactRequest, GetContactRequest, contact_service_client::ContactServiceClient};
+use agenda::api::{
+    Contact, CreateContactRequest, GetContactRequest, WatchChangesRequest, contact_service_client::ContactServiceClient,
+};
 use tonic::Code;
 
 use crate::helpers::{Backend, sample, scrape, spawn_app};
 
 static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-on_both_backends!(metrics_count_real_calls_with_grpc_prometheus_names);
+on_both_backends!(metrics_count_real_calls_with_grpc_prometheus_names, change_feed_metrics_follow_the_watchers);
 
 fn create(name: &str) -> CreateContactRequest {
     CreateContactRequest {
@@ -81,4 +83,30 @@ async fn metrics_count_real_calls_with_grpc_prometheus_names(backend: Backend) {
     assert!(after.contains("agenda_db_pool_wait_seconds_bucket{"), "{after}");
     assert!(sample(&after, "agenda_build_info", &[("version", env!("CARGO_PKG_VERSION"))]) == 1.0, "{after}");
     assert!(after.contains("# TYPE grpc_server_handling_seconds histogram"), "{after}");
+}
+
+async fn change_feed_metrics_follow_the_watchers(backend: Backend) {
+    let _alone = ALONE.lock().await;
+    let app = spawn_app(backend).await;
+    let before = scrape(app.metrics_addr).await;
+    let mut stream = app.changes("t1").watch_changes(WatchChangesRequest::default()).await.expect("watch").into_inner();
+    app.contacts("t1").create_contact(create("Ada")).await.expect("create");
+    let change = stream.message().await.expect("stream").expect("a change");
+    assert_eq!(change.sequence, 1);
+    let open = scrape(app.metrics_addr).await;
+    let delta = |after: &str, name: &str| sample(after, name, &[]) - sample(&before, name, &[]);
+    assert_eq!(delta(&open, "agenda_change_watchers"), 1.0, "{open}");
+    assert_eq!(delta(&open, "agenda_changes_sent_total"), 1.0, "{open}");
+    assert_eq!(delta(&open, "agenda_change_lag_seconds_count"), 1.0, "{open}");
+    drop(stream);
+    // The server notices the closed stream when it next looks; give it a moment.
+    let mut closed = String::new();
+    for _ in 0..100 {
+        closed = scrape(app.metrics_addr).await;
+        if delta(&closed, "agenda_change_watchers") == 0.0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the watcher gauge did not go back: {closed}");
 }

@@ -55,19 +55,18 @@ impl ChangeApi {
         ChangeApi { db, feed, max_response_bytes }
     }
 
-    /// `CURSOR_EXPIRED` when changes after `start_after` were purged; returns
-    /// the tenant's last sequence.
-    async fn check_cursor(&self, tenant: &str, start_after: i64) -> Result<i64> {
+    /// The cursor to read after: `start_after`, or for 0 ("from the oldest
+    /// kept") the last purged sequence; `CURSOR_EXPIRED` when changes after
+    /// `start_after` were purged. Also returns the tenant's last sequence.
+    async fn check_cursor(&self, tenant: &str, start_after: i64) -> Result<(i64, i64)> {
         if start_after < 0 {
             return Err(Error::invalid("start_after", Reason::FieldInvalid, "start_after must not be negative."));
         }
         let tenant = tenant.to_string();
         let (last, purged_through) =
             self.db.read(move |c| Box::pin(async move { change::state(c, &tenant).await })).await?;
-        if start_after < purged_through {
-            return Err(Error::CursorExpired { oldest_sequence: purged_through + 1 });
-        }
-        Ok(last)
+        let after = cursor(start_after, purged_through)?;
+        Ok((after, last))
     }
 }
 
@@ -84,7 +83,31 @@ fn selection(caller: &Principal, types: &[i32], include_resources: bool) -> Resu
             Ok(_) => {}
         }
     }
-    Ok(Selection { tenant: caller.tenant.clone(), types: types.to_vec(), include_resources })
+    let mut types = types.to_vec();
+    types.sort_unstable();
+    types.dedup();
+    Ok(Selection { tenant: caller.tenant.clone(), types, include_resources })
+}
+
+/// The sequence to read after for a consumer's `start_after`, given what was
+/// purged: 0 starts at the oldest kept; a cursor before that has missed
+/// purged changes.
+fn cursor(start_after: i64, purged_through: i64) -> Result<i64> {
+    match start_after {
+        0 => Ok(purged_through),
+        after if after < purged_through => Err(Error::CursorExpired { oldest_sequence: purged_through + 1 }),
+        after => Ok(after),
+    }
+}
+
+/// Rows read after `after` are whole only if nothing after it was purged
+/// meanwhile (the purge runs beside the reads); else the cursor expired.
+async fn still_whole(conn: &mut crate::store::Conn<'_>, tenant: &str, after: i64) -> Result<()> {
+    let (_, purged_through) = change::state(conn, tenant).await?;
+    if purged_through > after {
+        return Err(Error::CursorExpired { oldest_sequence: purged_through + 1 });
+    }
+    Ok(())
 }
 
 /// A stored change as the API returns it.
@@ -132,13 +155,14 @@ impl ChangeService for ChangeApi {
         let wanted = selection(&caller, &request.resource_types, request.include_resources)?;
         // The last sequence is read before the page: every change up to it
         // had committed, so a short page has seen all of them.
-        let last = self.check_cursor(&wanted.tenant, request.start_after).await?;
-        let (start_after, limit) = (request.start_after, self.max_response_bytes);
+        let (start_after, last) = self.check_cursor(&wanted.tenant, request.start_after).await?;
+        let limit = self.max_response_bytes;
         let (changes, next) = self
             .db
             .read(move |c| {
                 Box::pin(async move {
                     let rows = change::after(c, &wanted.tenant, start_after, page, &wanted.types).await?;
+                    still_whole(c, &wanted.tenant, start_after).await?;
                     let full = rows.len() as i64 == page;
                     let mut budget = Budget::new(limit);
                     let mut changes = Vec::with_capacity(rows.len());
@@ -173,64 +197,99 @@ impl ChangeService for ChangeApi {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
         let wanted = selection(&caller, &request.resource_types, request.include_resources)?;
-        self.check_cursor(&wanted.tenant, request.start_after).await?;
-        // Registered before the replay: nothing committed from here on is missed.
-        let subscription = self.feed.subscribe(&wanted.tenant).await?;
+        let (start_after, _) = self.check_cursor(&wanted.tenant, request.start_after).await?;
+        // A watcher slot is taken now, so an over-full replica refuses at once.
+        let slot = self.feed.reserve()?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch(self.db.clone(), wanted, request.start_after, subscription, tx));
+        tokio::spawn(watch(self.db.clone(), self.feed.clone(), wanted, start_after, slot, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Sends one change; `false` once the caller has gone.
+/// Sends one change; `false` once the caller has gone. Only live changes
+/// count towards the commit-to-send lag.
 async fn send(
     tx: &mpsc::Sender<std::result::Result<api::Change, Status>>,
     row: &ChangeRow,
     wanted: &Selection,
+    live: bool,
 ) -> bool {
     let change = to_proto(row, wanted.include_resources);
     let sent = tx.send(Ok(change)).await.is_ok();
-    if sent {
+    if sent && live {
         metrics::change_sent(row.time);
     }
     sent
 }
 
-/// The body of one watch stream: replay, then live.
-async fn watch(
-    db: Db,
-    wanted: Selection,
-    start_after: i64,
-    mut subscription: crate::feed::Subscription,
-    tx: mpsc::Sender<std::result::Result<api::Change, Status>>,
-) {
-    let mut last = start_after;
+/// Replays the stored changes after `*last` until caught up; `false` once
+/// the caller has gone or the cursor expired (the error is sent).
+async fn replay(
+    db: &Db,
+    feed: &Feed,
+    wanted: &Selection,
+    last: &mut i64,
+    tx: &mpsc::Sender<std::result::Result<api::Change, Status>>,
+) -> bool {
     loop {
-        let (selection, after) = (wanted.clone(), last);
+        let (selection, after) = (wanted.clone(), *last);
+        let Ok(slot) = feed.read_slot().await else { return false };
         let rows = db
             .read(move |c| {
-                Box::pin(
-                    async move { change::after(c, &selection.tenant, after, REPLAY_CHUNK, &selection.types).await },
-                )
+                Box::pin(async move {
+                    let rows = change::after(c, &selection.tenant, after, REPLAY_CHUNK, &selection.types).await?;
+                    still_whole(c, &selection.tenant, after).await?;
+                    Ok(rows)
+                })
             })
             .await;
+        drop(slot);
         let rows = match rows {
             Ok(rows) => rows,
             Err(error) => {
                 let _ = tx.send(Err(Status::from(error))).await;
-                return;
+                return false;
             }
         };
         let done = (rows.len() as i64) < REPLAY_CHUNK;
         for row in &rows {
-            if !send(&tx, row, &wanted).await {
-                return;
+            if !send(tx, row, wanted, false).await {
+                return false;
             }
-            last = row.sequence;
+            *last = row.sequence;
         }
         if done {
-            break;
+            return true;
         }
+    }
+}
+
+/// The body of one watch stream. It replays until caught up, then
+/// registers for live changes and replays once more (what committed in
+/// between), so a consumer far behind is never cut off for what arrived
+/// while it replayed; then it follows live changes, skipping any it has
+/// already sent.
+async fn watch(
+    db: Db,
+    feed: Feed,
+    wanted: Selection,
+    start_after: i64,
+    slot: crate::feed::WatcherSlot,
+    tx: mpsc::Sender<std::result::Result<api::Change, Status>>,
+) {
+    let mut last = start_after;
+    if !replay(&db, &feed, &wanted, &mut last, &tx).await {
+        return;
+    }
+    let mut subscription = match feed.subscribe(&wanted.tenant, slot).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            let _ = tx.send(Err(Status::from(error))).await;
+            return;
+        }
+    };
+    if !replay(&db, &feed, &wanted, &mut last, &tx).await {
+        return;
     }
     loop {
         let row: Option<Arc<ChangeRow>> = tokio::select! {
@@ -245,7 +304,7 @@ async fn watch(
         if !wanted.types.is_empty() && !wanted.types.contains(&row.resource_type) {
             continue;
         }
-        if !send(&tx, &row, &wanted).await {
+        if !send(&tx, &row, &wanted, true).await {
             return;
         }
     }

@@ -105,6 +105,11 @@ where
                         return Ok((page, plan.next_token(&last)));
                     }
                     Some(_) if more => continue,
+                    // More rows were there, but none after this chunk's anchor
+                    // now (it was purged meanwhile): the next call says so.
+                    None if !page.is_empty() => {
+                        return Ok((page, anchor.as_deref().map(|a| plan.next_token(a)).unwrap_or_default()));
+                    }
                     _ => return Ok((page, String::new())),
                 }
             }

@@ -25,9 +25,10 @@ use crate::{
     query::{ListParams, ResourceSpec, list, spec::Sql},
     store::{
         self, Conn, Db, TxFuture,
-        change::NewChange,
+        change::ChangeRow,
         now_micros,
         request_id::{Claim, RequestKey},
+        sql_types::JsonText,
     },
 };
 
@@ -209,33 +210,41 @@ impl<R: Resource> Pipeline<R> {
         T: Send + 'static,
         D: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, (Vec<Mutation<R::Fields>>, T)> + Send + 'static,
     {
+        let feed = self.feed.clone();
         let woken = self
             .db
-            .write(move |c| {
-                Box::pin(async move {
-                    let (mutations, answer) = decide(c).await?;
-                    let written: Vec<(usize, Stored<R::Fields>)> =
-                        mutations.iter().map(|m| (m.index, m.after.clone())).collect();
-                    let created: Vec<Stored<R::Fields>> =
-                        mutations.iter().filter(|m| m.before.is_none()).map(|m| m.after.clone()).collect();
-                    let updated: Vec<Stored<R::Fields>> =
-                        mutations.iter().filter(|m| m.before.is_some()).map(|m| m.after.clone()).collect();
-                    R::check_items(&written, batch)?;
-                    R::check_written(c, &tenant, &written, batch).await?;
-                    // A resource that did not exist is inserted, never upserted: of
-                    // concurrent creates of one id exactly one wins, the others fail
-                    // on its key (ABORTED) instead of overwriting it.
-                    R::insert_many(c, &created).await?;
-                    R::write_many(c, &updated).await?;
-                    let changes = mutations.iter().map(|m| journal_entry::<R>(m)).collect::<Result<Vec<_>>>()?;
-                    let woken = store::change::append(c, changes).await?;
-                    Ok((woken, answer))
-                })
-            })
+            .write_and_then(
+                move |c| {
+                    Box::pin(async move {
+                        let (mutations, answer) = decide(c).await?;
+                        let written: Vec<(usize, Stored<R::Fields>)> =
+                            mutations.iter().map(|m| (m.index, m.after.clone())).collect();
+                        let created: Vec<Stored<R::Fields>> =
+                            mutations.iter().filter(|m| m.before.is_none()).map(|m| m.after.clone()).collect();
+                        let updated: Vec<Stored<R::Fields>> =
+                            mutations.iter().filter(|m| m.before.is_some()).map(|m| m.after.clone()).collect();
+                        R::check_items(&written, batch)?;
+                        R::check_written(c, &tenant, &written, batch).await?;
+                        // A resource that did not exist is inserted, never upserted: of
+                        // concurrent creates of one id exactly one wins, the others fail
+                        // on its key (ABORTED) instead of overwriting it. Rows are
+                        // written in id order, so concurrent batches cannot deadlock.
+                        let mut created = created;
+                        let mut updated = updated;
+                        created.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+                        updated.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
+                        R::insert_many(c, &created).await?;
+                        R::write_many(c, &updated).await?;
+                        let changes = mutations.iter().map(|m| journal_entry::<R>(m)).collect::<Result<Vec<_>>>()?;
+                        let woken = store::change::append(c, changes).await?;
+                        Ok((woken, answer))
+                    })
+                },
+                // Watchers are woken by the committing task, also when the call is gone.
+                move |(woken, _): &(Vec<(String, i64)>, T)| feed.committed(woken),
+            )
             .await?;
-        let (woken, answer) = woken;
-        self.feed.committed(&woken);
-        Ok(answer)
+        Ok(woken.1)
     }
 
     /// Creates resources, all or none; `batch` makes errors name `requests[i]`.
@@ -571,34 +580,38 @@ impl<R: Resource> Pipeline<R> {
         const BATCH: i64 = 1000;
         let mut total = 0;
         loop {
-            let woken = self
+            let feed = self.feed.clone();
+            let count = self
                 .db
-                .write(|c| {
-                    Box::pin(async move {
-                        let now = now_micros();
-                        let purged = R::purge_expired(c, now, BATCH).await?;
-                        let count = purged.len();
-                        let changes = purged
-                            .into_iter()
-                            .map(|p| NewChange {
-                                tenant: p.tenant,
-                                resource_type: R::RESOURCE_TYPE as i32,
-                                resource_id: p.id,
-                                kind: api::ChangeKind::Purged as i32,
-                                revision: p.revision,
-                                actor: String::new(),
-                                request_id: None,
-                                time: now,
-                                diff: "[]".to_string(),
-                                resource: None,
-                            })
-                            .collect();
-                        Ok((store::change::append(c, changes).await?, count))
-                    })
-                })
-                .await?;
-            let (woken, count) = woken;
-            self.feed.committed(&woken);
+                .write_and_then(
+                    |c| {
+                        Box::pin(async move {
+                            let now = now_micros();
+                            let purged = R::purge_expired(c, now, BATCH).await?;
+                            let count = purged.len();
+                            let changes = purged
+                                .into_iter()
+                                .map(|p| ChangeRow {
+                                    tenant_id: p.tenant,
+                                    sequence: 0,
+                                    resource_type: R::RESOURCE_TYPE as i32,
+                                    resource_id: p.id,
+                                    kind: api::ChangeKind::Purged as i32,
+                                    revision: p.revision,
+                                    actor: String::new(),
+                                    request_id: None,
+                                    time: now,
+                                    diff: JsonText("[]".to_string()),
+                                    resource: None,
+                                })
+                                .collect();
+                            Ok((store::change::append(c, changes).await?, count))
+                        })
+                    },
+                    move |(woken, _): &(Vec<(String, i64)>, usize)| feed.committed(woken),
+                )
+                .await?
+                .1;
             total += count;
             if (count as i64) < BATCH {
                 return Ok(total);
@@ -608,11 +621,12 @@ impl<R: Resource> Pipeline<R> {
 }
 
 /// The Change a mutation appends: its diff and the resource after it.
-fn journal_entry<R: Resource>(mutation: &Mutation<R::Fields>) -> Result<NewChange> {
+fn journal_entry<R: Resource>(mutation: &Mutation<R::Fields>) -> Result<ChangeRow> {
     let after = R::to_proto(&mutation.after);
     let before = mutation.before.as_ref().map(R::to_proto);
-    Ok(NewChange {
-        tenant: mutation.after.meta.tenant.clone(),
+    Ok(ChangeRow {
+        tenant_id: mutation.after.meta.tenant.clone(),
+        sequence: 0,
         resource_type: R::RESOURCE_TYPE as i32,
         resource_id: mutation.after.meta.id.clone(),
         kind: mutation.kind as i32,
@@ -620,7 +634,7 @@ fn journal_entry<R: Resource>(mutation: &Mutation<R::Fields>) -> Result<NewChang
         actor: mutation.after.meta.updated_by.clone(),
         request_id: mutation.request_id.clone(),
         time: mutation.after.meta.update_time,
-        diff: journal::diff(R::MESSAGE, before.as_ref(), &after)?,
+        diff: JsonText(journal::diff(R::MESSAGE, before.as_ref(), &after)?),
         resource: Some(after.encode_to_vec()),
     })
 }

@@ -26,32 +26,8 @@ use crate::{dispatch, error::Result};
 /// The PostgreSQL channel every replica listens on; the payload is the tenant.
 pub const NOTIFY_CHANNEL: &str = "agenda_changes";
 
-/// A change about to be appended (its sequence is handed out by [`append`]).
-#[derive(Debug, Clone)]
-pub struct NewChange {
-    /// The tenant.
-    pub tenant: String,
-    /// The `ResourceType` number.
-    pub resource_type: i32,
-    /// The resource's id.
-    pub resource_id: String,
-    /// The `ChangeKind` number.
-    pub kind: i32,
-    /// The resource's revision after the change.
-    pub revision: i64,
-    /// Who made it.
-    pub actor: String,
-    /// The call's request id, if it had one.
-    pub request_id: Option<String>,
-    /// When (microseconds since the epoch).
-    pub time: i64,
-    /// The diff, a JSON array of {field, old_value, new_value}.
-    pub diff: String,
-    /// The resource after the change, protobuf-encoded.
-    pub resource: Option<Vec<u8>>,
-}
-
-/// A stored change.
+/// A change: as stored, or about to be appended (then its `sequence` is
+/// handed out by [`append`]).
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = changes, check_for_backend(diesel::pg::Pg, diesel::sqlite::Sqlite))]
 pub struct ChangeRow {
@@ -106,49 +82,33 @@ async fn take_sequences(conn: &mut Conn<'_>, tenant: &str, count: i64) -> Result
 /// Appends `new` changes in the current transaction, numbering each tenant's
 /// in the order given; tenants are taken in name order so that transactions
 /// touching several (the purge) cannot deadlock. Returns the tenants and
-/// their last sequence, to wake their watchers once committed. On PostgreSQL
-/// it also queues a NOTIFY per tenant, which PostgreSQL delivers at commit.
-pub async fn append(conn: &mut Conn<'_>, new: Vec<NewChange>) -> Result<Vec<(String, i64)>> {
+/// their last sequence, to wake their watchers once committed (the feed
+/// also NOTIFYs the other replicas then: a NOTIFY inside the transaction
+/// would make PostgreSQL serialize the commits of every tenant).
+pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<(String, i64)>> {
     if new.is_empty() {
         return Ok(Vec::new());
     }
-    let mut tenants: Vec<&str> = new.iter().map(|c| c.tenant.as_str()).collect();
+    let mut tenants: Vec<String> = new.iter().map(|c| c.tenant_id.clone()).collect();
     tenants.sort_unstable();
     tenants.dedup();
     let mut rows = Vec::with_capacity(new.len());
     let mut woken = Vec::with_capacity(tenants.len());
+    let mut pending = new;
     for tenant in tenants {
-        let mine: Vec<&NewChange> = new.iter().filter(|c| c.tenant == tenant).collect();
+        let (mine, rest): (Vec<ChangeRow>, Vec<ChangeRow>) = pending.into_iter().partition(|c| c.tenant_id == tenant);
+        pending = rest;
         let count = i64::try_from(mine.len()).unwrap_or(i64::MAX);
-        let last = take_sequences(conn, tenant, count).await?;
+        let last = take_sequences(conn, &tenant, count).await?;
         let first = last - count + 1;
         for (offset, change) in mine.into_iter().enumerate() {
-            rows.push(ChangeRow {
-                tenant_id: change.tenant.clone(),
-                sequence: first + offset as i64,
-                resource_type: change.resource_type,
-                resource_id: change.resource_id.clone(),
-                kind: change.kind,
-                revision: change.revision,
-                actor: change.actor.clone(),
-                request_id: change.request_id.clone(),
-                time: change.time,
-                diff: JsonText(change.diff.clone()),
-                resource: change.resource.clone(),
-            });
+            rows.push(ChangeRow { sequence: first + offset as i64, ..change });
         }
-        woken.push((tenant.to_string(), last));
+        woken.push((tenant, last));
     }
     match conn {
         Conn::Pg(c) => {
             diesel::insert_into(changes::table).values(&rows).execute(&mut **c).await?;
-            for (tenant, _) in &woken {
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
-                    .bind::<diesel::sql_types::Text, _>(tenant)
-                    .execute(&mut **c)
-                    .await?;
-            }
         }
         Conn::Sqlite(c) => {
             c.spawn_blocking(move |c| {
@@ -245,6 +205,20 @@ pub async fn purge_expired(conn: &mut Conn<'_>, before: i64, limit: i64) -> Resu
         });
     }
     Ok(purged.len())
+}
+
+/// Tells every replica listening that `tenants` have new changes (PostgreSQL).
+pub async fn notify(conn: &mut Conn<'_>, tenants: &[String]) -> Result<()> {
+    if let Conn::Pg(c) = conn {
+        for tenant in tenants {
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+                .bind::<diesel::sql_types::Text, _>(tenant)
+                .execute(&mut **c)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Subscribes a dedicated PostgreSQL connection to the change channel.

@@ -198,8 +198,25 @@ impl Db {
         T: Send + 'static,
         F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
     {
+        self.write_and_then(body, |_| {}).await
+    }
+
+    /// [`Db::write`], then `committed` with the result once the transaction
+    /// has committed, on the same task: it runs even when the call that
+    /// started the write is gone (to wake watchers, say).
+    pub async fn write_and_then<T, F, C>(&self, body: F, committed: C) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
         let db = self.clone();
-        detached(async move { db.write_here(body).await }).await
+        detached(async move {
+            let value = db.write_here(body).await?;
+            committed(&value);
+            Ok(value)
+        })
+        .await
     }
 
     async fn write_here<T, F>(&self, body: F) -> Result<T>
@@ -220,7 +237,12 @@ impl Db {
                             tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}")).await?;
                         }
                         let mut conn = Conn::Pg(tx);
-                        body(&mut conn).await
+                        let value = body(&mut conn).await?;
+                        // The caller has been told DEADLINE_EXCEEDED: roll back.
+                        if deadline::remaining().is_some_and(|left| left.is_zero()) {
+                            return Err(Error::DeadlineExceeded);
+                        }
+                        Ok(value)
                     })
                     .await;
                 past_deadline(result)
@@ -243,6 +265,11 @@ impl Db {
                 // connection holds the lock, without waiting.
                 let result = match conn.batch_execute("BEGIN IMMEDIATE").await {
                     Ok(()) => match body(&mut Conn::Sqlite(conn)).await {
+                        // The caller has been told DEADLINE_EXCEEDED: roll back.
+                        Ok(_) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
+                            let _ = conn.batch_execute("ROLLBACK").await;
+                            Err(Error::DeadlineExceeded)
+                        }
                         Ok(value) => match conn.batch_execute("COMMIT").await {
                             Ok(()) => Ok(value),
                             Err(error) => {
@@ -258,7 +285,12 @@ impl Db {
                     Err(error) => Err(error.into()),
                 };
                 if left.is_some() {
-                    conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await?;
+                    // A failure here must not turn a committed write into an error.
+                    if let Err(error) =
+                        conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await
+                    {
+                        tracing::warn!(%error, "restoring SQLite's busy timeout failed");
+                    }
                 }
                 past_deadline(result)
             }

@@ -26,6 +26,7 @@ on_both_backends!(
     the_feed_is_isolated_per_tenant,
     an_expired_cursor_is_refused_with_the_oldest_sequence,
     cancelled_writes_leave_no_transaction_or_lock_behind,
+    watch_streams_have_their_own_cap_and_end_on_drain,
 );
 
 fn contact(name: &str) -> Contact {
@@ -375,7 +376,10 @@ async fn an_expired_cursor_is_refused_with_the_oldest_sequence(backend: Backend)
     loop {
         // The later change keeps arriving so the feed has something kept.
         contacts.create_contact(create("later", "")).await.expect("create");
-        match changes.list_changes(ListChangesRequest::default()).await {
+        // 0 means "from the oldest kept": never expired.
+        let from_oldest = changes.list_changes(ListChangesRequest::default()).await.expect("from the oldest kept");
+        let from_oldest = from_oldest.into_inner().changes;
+        match changes.list_changes(ListChangesRequest { start_after: 1, ..Default::default() }).await {
             Err(status) => {
                 let info = assert_error(&status, Code::FailedPrecondition, "CURSOR_EXPIRED");
                 let oldest: i64 = info.metadata.get("oldest_sequence").and_then(|v| v.parse().ok()).expect("oldest");
@@ -387,7 +391,12 @@ async fn an_expired_cursor_is_refused_with_the_oldest_sequence(backend: Backend)
                     .expect("a kept cursor");
                 let kept = page.into_inner().changes;
                 assert!(kept.iter().all(|c| c.sequence >= oldest), "{kept:?}");
-                let status = changes.watch_changes(WatchChangesRequest::default()).await.unwrap_err();
+                // And 0 answered with what was kept then (the later changes keep coming).
+                assert!(!from_oldest.is_empty());
+                let status = changes
+                    .watch_changes(WatchChangesRequest { start_after: 1, ..Default::default() })
+                    .await
+                    .unwrap_err();
                 assert_error(&status, Code::FailedPrecondition, "CURSOR_EXPIRED");
                 return;
             }
@@ -528,4 +537,38 @@ async fn cancelled_writes_leave_no_transaction_or_lock_behind(backend: Backend) 
     let feed = all_changes(&mut crate::helpers::changes_on(fresh(), "t1"), 0).await;
     let created = feed.iter().filter(|c| kind(c) == ChangeKind::Created).count();
     assert_eq!(created, names.len(), "one CREATED change per contact there");
+}
+
+async fn watch_streams_have_their_own_cap_and_end_on_drain(backend: Backend) {
+    let mut app = spawn_app_with(backend, |o| {
+        o.max_watchers = Some(2);
+        // Unary calls have a limit of one: open streams must not use it.
+        o.max_concurrent_calls = Some(1);
+    })
+    .await;
+    let mut changes = app.changes("t1");
+    let mut first = watch(&mut changes, 0).await;
+    let _second = watch(&mut changes, 0).await;
+    let status = changes.watch_changes(WatchChangesRequest::default()).await.unwrap_err();
+    let info = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert!(info.metadata.get("scope").is_none_or(|s| s == "server"));
+    // Two open streams, and unary calls still get the one permit.
+    let mut contacts = app.contacts("t1");
+    contacts.create_contact(create("A", "")).await.expect("a unary call beside open streams");
+    let (got, _) = collect(&mut first, |got| !got.is_empty()).await;
+    assert_eq!(got[0].sequence, 1);
+    // On drain, open streams end with UNAVAILABLE so clients move on.
+    app.signal_stop();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends on drain");
+    assert_eq!(ended.map(|s| s.code()), Some(Code::Unavailable));
 }
