@@ -43,7 +43,7 @@ pub const WATCHER_QUEUE: usize = 1024;
 /// Changes a hub reads per query.
 const FETCH: i64 = 500;
 /// How often every hub of a PostgreSQL replica reads, notified or not.
-const CATCH_UP_POLL: Duration = Duration::from_secs(5);
+const CATCH_UP_POLL: Duration = Duration::from_secs(1);
 
 /// The feed of one replica.
 #[derive(Clone)]

@@ -92,7 +92,7 @@ async fn change_feed_metrics_follow_the_watchers(backend: Backend) {
     let mut stream = app.changes("t1").watch_changes(WatchChangesRequest::default()).await.expect("watch").into_inner();
     app.contacts("t1").create_contact(create("Ada")).await.expect("create");
     let change = stream.message().await.expect("stream").expect("a change");
-    assert_eq!(change.sequence, 1);
+    assert!(change.sequence > 0);
     let open = scrape(app.metrics_addr).await;
     let delta = |after: &str, name: &str| sample(after, name, &[]) - sample(&before, name, &[]);
     assert_eq!(delta(&open, "agenda_change_watchers"), 1.0, "{open}");

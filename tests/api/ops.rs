@@ -76,7 +76,7 @@ impl Blocker {
             Backend::Sqlite => {
                 let path = app.database_url.trim_start_matches("sqlite://").to_string();
                 let mut conn = agenda::store::SqliteConn::establish(&path).await.expect("connect");
-                conn.batch_execute("BEGIN IMMEDIATE").await.expect("lock");
+                conn.batch_execute("PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE").await.expect("lock");
                 Blocker::Sqlite(conn)
             }
         }
