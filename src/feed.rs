@@ -53,12 +53,28 @@ pub struct Feed {
 
 struct Inner {
     db: Db,
+    /// Tenants with new changes, waiting for the notifier task.
+    flush: Arc<Flush>,
     hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
     watchers: Arc<Semaphore>,
     /// Feed reads (hubs and replays) at once, so watchers cannot take every
     /// pooled connection from unary calls.
     reads: Arc<Semaphore>,
     next_id: AtomicU64,
+}
+
+/// Tenants whose changes committed here since the notifier last ran.
+#[derive(Default)]
+struct Flush {
+    pending: Mutex<std::collections::BTreeSet<String>>,
+    wake: Notify,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the notifier task see the feed is gone and end.
+        self.flush.wake.notify_one();
+    }
 }
 
 /// The watchers of one tenant on this replica.
@@ -114,19 +130,51 @@ impl Drop for Subscription {
     }
 }
 
+/// Wakes local hubs and NOTIFYs other replicas for the tenants written,
+/// coalescing however many commits came in meanwhile; ends with the feed.
+async fn notifier(flush: Arc<Flush>, feed: std::sync::Weak<Inner>) {
+    loop {
+        flush.wake.notified().await;
+        let Some(inner) = feed.upgrade() else { return };
+        let tenants: Vec<String> = match flush.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending).into_iter().collect(),
+            Err(_) => return,
+        };
+        if tenants.is_empty() {
+            continue;
+        }
+        {
+            let hubs = inner.hubs.lock().await;
+            for tenant in &tenants {
+                if let Some(hub) = hubs.get(tenant) {
+                    hub.wake.notify_one();
+                }
+            }
+        }
+        if inner.db.is_pg() {
+            let notified = inner.db.read(move |c| Box::pin(async move { change::notify(c, &tenants).await })).await;
+            if let Err(error) = notified {
+                tracing::warn!(%error, "NOTIFY of new changes failed; other replicas catch up on their next poll");
+            }
+        }
+    }
+}
+
 impl Feed {
     /// The feed of a replica on `db`, with at most `max_watchers` open
     /// streams and `read_slots` feed reads at once.
     pub fn new(db: Db, max_watchers: usize, read_slots: usize) -> Feed {
-        Feed {
-            inner: Arc::new(Inner {
-                db,
-                hubs: tokio::sync::Mutex::new(HashMap::new()),
-                watchers: Arc::new(Semaphore::new(max_watchers)),
-                reads: Arc::new(Semaphore::new(read_slots.max(1))),
-                next_id: AtomicU64::new(1),
-            }),
-        }
+        let flush = Arc::new(Flush::default());
+        let inner = Arc::new(Inner {
+            db,
+            flush: flush.clone(),
+            hubs: tokio::sync::Mutex::new(HashMap::new()),
+            watchers: Arc::new(Semaphore::new(max_watchers)),
+            reads: Arc::new(Semaphore::new(read_slots.max(1))),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(notifier(flush, Arc::downgrade(&inner)));
+        Feed { inner }
     }
 
     /// A slot for one feed read; held while it runs.
@@ -135,31 +183,18 @@ impl Feed {
     }
 
     /// Wakes the hubs of tenants whose changes just committed here and, on
-    /// PostgreSQL, tells the other replicas (a NOTIFY after the commit; if it
-    /// is lost, their hubs' periodic catch-up reads the changes anyway).
+    /// PostgreSQL, tells the other replicas: the notifier task sends one
+    /// NOTIFY statement for every tenant written since it last ran, after
+    /// the commits (if it is lost, their hubs' periodic catch-up reads the
+    /// changes anyway). Costs the writer no round trip.
     pub fn committed(&self, tenants: &[(String, i64)]) {
         if tenants.is_empty() {
             return;
         }
-        let feed = self.clone();
-        let tenants: Vec<String> = tenants.iter().map(|(t, _)| t.clone()).collect();
-        tokio::spawn(async move {
-            {
-                let hubs = feed.inner.hubs.lock().await;
-                for tenant in &tenants {
-                    if let Some(hub) = hubs.get(tenant) {
-                        hub.wake.notify_one();
-                    }
-                }
-            }
-            if feed.inner.db.is_pg() {
-                let notified =
-                    feed.inner.db.read(move |c| Box::pin(async move { change::notify(c, &tenants).await })).await;
-                if let Err(error) = notified {
-                    tracing::warn!(%error, "NOTIFY of new changes failed; other replicas catch up on their next poll");
-                }
-            }
-        });
+        if let Ok(mut pending) = self.inner.flush.pending.lock() {
+            pending.extend(tenants.iter().map(|(t, _)| t.clone()));
+        }
+        self.inner.flush.wake.notify_one();
     }
 
     async fn wake(&self, tenant: &str) {

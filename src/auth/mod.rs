@@ -21,6 +21,9 @@ pub struct Principal {
     pub tenant: String,
     /// The token's scopes.
     pub scopes: ScopeSet,
+    /// When the token expires (its `exp` plus the clock leeway), seconds
+    /// since the epoch: a long-lived stream ends then.
+    pub expires_at: u64,
 }
 
 impl Principal {

@@ -184,7 +184,12 @@ impl Verifier {
         if claims.tenant.trim().is_empty() || claims.tenant.len() > 255 {
             return Err(TokenError::Invalid("the token's `tenant` claim is empty or too long".into()));
         }
-        Ok(Principal { subject: claims.sub, tenant: claims.tenant, scopes: ScopeSet::parse(&claims.scope) })
+        Ok(Principal {
+            subject: claims.sub,
+            tenant: claims.tenant,
+            scopes: ScopeSet::parse(&claims.scope),
+            expires_at: claims.exp.saturating_add(LEEWAY_SECONDS),
+        })
     }
 
     fn decode(&self, token: &str, key: &DecodingKey, algorithm: Algorithm) -> Result<Claims, TokenError> {

@@ -47,12 +47,53 @@ struct Selection {
     tenant: String,
     types: Vec<i32>,
     include_resources: bool,
+    /// When the caller's token expires (seconds since the epoch).
+    expires_at: u64,
 }
 
 impl ChangeApi {
     /// The service over `db`, with live changes from `feed`.
     pub fn new(db: Db, feed: Feed, max_response_bytes: usize) -> Self {
         ChangeApi { db, feed, max_response_bytes }
+    }
+
+    /// A page of changes after `start_after` (see ListChanges); `last` is
+    /// the tenant's readable end, read before the page.
+    async fn list_page(
+        &self,
+        wanted: Selection,
+        start_after: i64,
+        last: i64,
+        page: i64,
+    ) -> Result<(Vec<api::Change>, i64)> {
+        let limit = self.max_response_bytes;
+        self.db
+            .read(move |c| {
+                Box::pin(async move {
+                    let rows = change::after(c, &wanted.tenant, start_after, page, &wanted.types).await?;
+                    still_whole(c, &wanted.tenant, start_after).await?;
+                    let full = rows.len() as i64 == page;
+                    let mut budget = Budget::new(limit);
+                    let mut changes = Vec::with_capacity(rows.len());
+                    let mut next = start_after;
+                    for row in &rows {
+                        let change = to_proto(row, wanted.include_resources);
+                        if !budget.take(&change) {
+                            if changes.is_empty() {
+                                return Err(Error::ResponseTooLarge { limit });
+                            }
+                            return Ok((changes, next));
+                        }
+                        next = row.sequence;
+                        changes.push(change);
+                    }
+                    if !full {
+                        next = next.max(last);
+                    }
+                    Ok((changes, next))
+                })
+            })
+            .await
     }
 
     /// The cursor to read after: `start_after`, or for 0 ("from the oldest
@@ -86,7 +127,7 @@ fn selection(caller: &Principal, types: &[i32], include_resources: bool) -> Resu
     let mut types = types.to_vec();
     types.sort_unstable();
     types.dedup();
-    Ok(Selection { tenant: caller.tenant.clone(), types, include_resources })
+    Ok(Selection { tenant: caller.tenant.clone(), types, include_resources, expires_at: caller.expires_at })
 }
 
 /// The sequence to read after for a consumer's `start_after`, given what was
@@ -155,36 +196,15 @@ impl ChangeService for ChangeApi {
         let wanted = selection(&caller, &request.resource_types, request.include_resources)?;
         // The last sequence is read before the page: every change up to it
         // had committed, so a short page has seen all of them.
-        let (start_after, last) = self.check_cursor(&wanted.tenant, request.start_after).await?;
-        let limit = self.max_response_bytes;
-        let (changes, next) = self
-            .db
-            .read(move |c| {
-                Box::pin(async move {
-                    let rows = change::after(c, &wanted.tenant, start_after, page, &wanted.types).await?;
-                    still_whole(c, &wanted.tenant, start_after).await?;
-                    let full = rows.len() as i64 == page;
-                    let mut budget = Budget::new(limit);
-                    let mut changes = Vec::with_capacity(rows.len());
-                    let mut next = start_after;
-                    for row in &rows {
-                        let change = to_proto(row, wanted.include_resources);
-                        if !budget.take(&change) {
-                            if changes.is_empty() {
-                                return Err(Error::ResponseTooLarge { limit });
-                            }
-                            return Ok((changes, next));
-                        }
-                        next = row.sequence;
-                        changes.push(change);
-                    }
-                    if !full {
-                        next = next.max(last);
-                    }
-                    Ok((changes, next))
-                })
-            })
-            .await?;
+        // A consumer starting from the oldest kept (0) is never refused: when
+        // the purge passes it while it reads, it starts again from the new oldest.
+        let (changes, next) = loop {
+            let (start_after, last) = self.check_cursor(&wanted.tenant, request.start_after).await?;
+            match self.list_page(wanted.clone(), start_after, last, page).await {
+                Err(Error::CursorExpired { .. }) if request.start_after == 0 => continue,
+                other => break other?,
+            }
+        };
         Ok(Response::new(api::ListChangesResponse { changes, next_start_after: next }))
     }
 
@@ -201,7 +221,8 @@ impl ChangeService for ChangeApi {
         // A watcher slot is taken now, so an over-full replica refuses at once.
         let slot = self.feed.reserve()?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch(self.db.clone(), self.feed.clone(), wanted, start_after, slot, tx));
+        let from_oldest = request.start_after == 0;
+        tokio::spawn(watch(self.db.clone(), self.feed.clone(), wanted, start_after, slot, from_oldest, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -229,8 +250,10 @@ async fn replay(
     feed: &Feed,
     wanted: &Selection,
     last: &mut i64,
+    from_oldest: bool,
     tx: &mpsc::Sender<std::result::Result<api::Change, Status>>,
 ) -> bool {
+    let mut start = *last;
     loop {
         let (selection, after) = (wanted.clone(), *last);
         let Ok(slot) = feed.read_slot().await else { return false };
@@ -246,6 +269,12 @@ async fn replay(
         drop(slot);
         let rows = match rows {
             Ok(rows) => rows,
+            // Nothing sent yet from the oldest kept: start again from the new oldest.
+            Err(Error::CursorExpired { oldest_sequence }) if from_oldest && *last == start => {
+                *last = oldest_sequence - 1;
+                start = *last;
+                continue;
+            }
             Err(error) => {
                 let _ = tx.send(Err(Status::from(error))).await;
                 return false;
@@ -275,10 +304,11 @@ async fn watch(
     wanted: Selection,
     start_after: i64,
     slot: crate::feed::WatcherSlot,
+    from_oldest: bool,
     tx: mpsc::Sender<std::result::Result<api::Change, Status>>,
 ) {
     let mut last = start_after;
-    if !replay(&db, &feed, &wanted, &mut last, &tx).await {
+    if !replay(&db, &feed, &wanted, &mut last, from_oldest, &tx).await {
         return;
     }
     let mut subscription = match feed.subscribe(&wanted.tenant, slot).await {
@@ -288,13 +318,27 @@ async fn watch(
             return;
         }
     };
-    if !replay(&db, &feed, &wanted, &mut last, &tx).await {
+    if !replay(&db, &feed, &wanted, &mut last, from_oldest, &tx).await {
         return;
     }
+    // The stream lives no longer than the token that opened it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expiry = tokio::time::sleep(std::time::Duration::from_secs(wanted.expires_at.saturating_sub(now)));
+    tokio::pin!(expiry);
     loop {
         let row: Option<Arc<ChangeRow>> = tokio::select! {
             row = subscription.changes.recv() => row,
             () = tx.closed() => return,
+            () = &mut expiry => {
+                let expired = Error::Unauthenticated {
+                    reason: Reason::TokenExpired,
+                    message: format!(
+                        "The token of this watch has expired: watch again with a new token and start_after = {last}."
+                    ),
+                };
+                let _ = tx.send(Err(Status::from(expired))).await;
+                return;
+            }
         };
         let Some(row) = row else { break };
         if row.sequence <= last {

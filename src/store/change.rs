@@ -273,16 +273,15 @@ pub async fn purge_expired(conn: &mut Conn<'_>, before: i64, limit: i64) -> Resu
     Ok(purged.len())
 }
 
-/// Tells every replica listening that `tenants` have new changes (PostgreSQL).
+/// Tells every replica listening that `tenants` have new changes, in one
+/// statement (PostgreSQL).
 pub async fn notify(conn: &mut Conn<'_>, tenants: &[String]) -> Result<()> {
     if let Conn::Pg(c) = conn {
-        for tenant in tenants {
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
-                .bind::<diesel::sql_types::Text, _>(tenant)
-                .execute(&mut **c)
-                .await?;
-        }
+        diesel::sql_query("SELECT pg_notify($1, tenant) FROM unnest($2) AS tenant")
+            .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(tenants)
+            .execute(&mut **c)
+            .await?;
     }
     Ok(())
 }

@@ -33,6 +33,7 @@ on_both_backends!(
     an_expired_cursor_is_refused_with_the_oldest_sequence,
     cancelled_writes_leave_no_transaction_or_lock_behind,
     watch_streams_have_their_own_cap_and_end_on_drain,
+    a_watch_ends_when_its_token_expires,
 );
 
 fn contact(name: &str) -> Contact {
@@ -413,12 +414,24 @@ async fn an_expired_cursor_is_refused_with_the_oldest_sequence(backend: Backend)
                 let info = assert_error(&status, Code::FailedPrecondition, "CURSOR_EXPIRED");
                 let oldest: i64 = info.metadata.get("oldest_sequence").and_then(|v| v.parse().ok()).expect("oldest");
                 assert!(oldest > 1);
-                // From just before the oldest kept, it answers.
-                let page = changes
-                    .list_changes(ListChangesRequest { start_after: oldest - 1, ..Default::default() })
-                    .await
-                    .expect("a kept cursor");
-                let kept = page.into_inner().changes;
+                // From just before the oldest kept, it answers (the purge keeps
+                // running, so the oldest may move on while we ask).
+                let mut oldest = oldest;
+                let kept = loop {
+                    match changes
+                        .list_changes(ListChangesRequest { start_after: oldest - 1, ..Default::default() })
+                        .await
+                    {
+                        Ok(page) => break page.into_inner().changes,
+                        Err(status) => {
+                            let info = assert_error(&status, Code::FailedPrecondition, "CURSOR_EXPIRED");
+                            let newer: i64 =
+                                info.metadata.get("oldest_sequence").and_then(|v| v.parse().ok()).expect("oldest");
+                            assert!(newer > oldest, "the oldest only moves on");
+                            oldest = newer;
+                        }
+                    }
+                };
                 assert!(kept.iter().all(|c| c.sequence >= oldest), "{kept:?}");
                 // And 0 answered with what was kept then (the later changes keep coming).
                 assert!(!from_oldest.is_empty());
@@ -600,4 +613,29 @@ async fn watch_streams_have_their_own_cap_and_end_on_drain(backend: Backend) {
     .await
     .expect("the stream ends on drain");
     assert_eq!(ended.map(|s| s.code()), Some(Code::Unavailable));
+}
+
+async fn a_watch_ends_when_its_token_expires(backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Expired 29 s ago: still inside the 30 s clock leeway, so it is
+    // accepted, and good for one more second.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = agenda::auth::Claims {
+        sub: "user-1".into(),
+        tenant: "t1".into(),
+        scope: "changes.read".into(),
+        exp: now - 29,
+        iat: None,
+        nbf: None,
+        iss: None,
+        aud: None,
+    };
+    let token = agenda::auth::mint_hs256(crate::helpers::SECRET, &claims).expect("token");
+    let mut changes = app.changes_with(&token);
+    let mut stream = watch(&mut changes, 0).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends with its token")
+        .unwrap_err();
+    assert_error(&ended, Code::Unauthenticated, "TOKEN_EXPIRED");
 }

@@ -175,6 +175,12 @@ impl TestApp {
     pub fn changes(&self, tenant: &str) -> Changes {
         changes_on(self.channel.clone(), tenant)
     }
+
+    /// A change-feed client sending `token`.
+    pub fn changes_with(&self, token: &str) -> Changes {
+        let bearer = Bearer(Some(format!("Bearer {token}").parse().expect("ascii token")));
+        ChangeServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
 }
 
 /// An HS256 test token for `tenant`, subject `user-1`, with `scopes`, valid for an hour.
