@@ -187,12 +187,12 @@ impl Feed {
     /// NOTIFY statement for every tenant written since it last ran, after
     /// the commits (if it is lost, their hubs' periodic catch-up reads the
     /// changes anyway). Costs the writer no round trip.
-    pub fn committed(&self, tenants: &[(String, i64)]) {
+    pub fn committed(&self, tenants: &[String]) {
         if tenants.is_empty() {
             return;
         }
         if let Ok(mut pending) = self.inner.flush.pending.lock() {
-            pending.extend(tenants.iter().map(|(t, _)| t.clone()));
+            pending.extend(tenants.iter().cloned());
         }
         self.inner.flush.wake.notify_one();
     }

@@ -241,7 +241,7 @@ impl<R: Resource> Pipeline<R> {
                     })
                 },
                 // Watchers are woken by the committing task, also when the call is gone.
-                move |(woken, _): &(Vec<(String, i64)>, T)| feed.committed(woken),
+                move |(woken, _): &(Vec<String>, T)| feed.committed(woken),
             )
             .await?;
         Ok(woken.1)
@@ -608,7 +608,7 @@ impl<R: Resource> Pipeline<R> {
                             Ok((store::change::append(c, changes).await?, count))
                         })
                     },
-                    move |(woken, _): &(Vec<(String, i64)>, usize)| feed.committed(woken),
+                    move |(woken, _): &(Vec<String>, usize)| feed.committed(woken),
                 )
                 .await?
                 .1;

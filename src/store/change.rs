@@ -99,69 +99,90 @@ async fn take_sequences(conn: &mut Conn<'_>, tenant: &str, count: i64) -> Result
 }
 
 /// Appends `new` changes in the current transaction, numbering them in the
-/// order given (see the module doc); on SQLite tenants' counters are taken
-/// in name order. Returns the tenants and
-/// their last sequence, to wake their watchers once committed (the feed
-/// also NOTIFYs the other replicas then: a NOTIFY inside the transaction
-/// would make PostgreSQL serialize the commits of every tenant).
-pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<(String, i64)>> {
+/// order given (see the module doc): on PostgreSQL from the transaction's
+/// id, computed by the INSERT itself (one statement, one round trip); on
+/// SQLite from each tenant's counter, taken in name order. Returns the
+/// tenants, to wake their watchers once committed (the feed also NOTIFYs
+/// the other replicas then: a NOTIFY inside the transaction would make
+/// PostgreSQL serialize the commits of every tenant).
+pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<String>> {
     if new.is_empty() {
         return Ok(Vec::new());
+    }
+    if i64::try_from(new.len()).unwrap_or(i64::MAX) > PER_TRANSACTION {
+        return Err(crate::error::Error::Internal("too many changes in one transaction".into()));
     }
     let mut tenants: Vec<String> = new.iter().map(|c| c.tenant_id.clone()).collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let mut rows = Vec::with_capacity(new.len());
-    let mut woken = Vec::with_capacity(tenants.len());
-    let mut pending = new;
-    let transaction = match conn {
-        Conn::Pg(c) => {
-            #[derive(diesel::QueryableByName)]
-            struct Xid {
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                xid: i64,
-            }
-            let xid: Xid =
-                diesel::sql_query("SELECT pg_current_xact_id()::text::bigint AS xid").get_result(&mut **c).await?;
-            Some(xid.xid)
-        }
-        Conn::Sqlite(_) => None,
-    };
-    let mut index = 0;
-    for tenant in tenants {
-        let (mine, rest): (Vec<ChangeRow>, Vec<ChangeRow>) = pending.into_iter().partition(|c| c.tenant_id == tenant);
-        pending = rest;
-        let count = i64::try_from(mine.len()).unwrap_or(i64::MAX);
-        let first = match transaction {
-            Some(xid) => {
-                if index + count > PER_TRANSACTION {
-                    return Err(crate::error::Error::Internal("too many changes in one transaction".into()));
-                }
-                xid * PER_TRANSACTION + index
-            }
-            None => take_sequences(conn, &tenant, count).await? - count + 1,
-        };
-        index += count;
-        for (offset, change) in mine.into_iter().enumerate() {
-            rows.push(ChangeRow { sequence: first + offset as i64, ..change });
-        }
-        woken.push((tenant, first + count - 1));
-    }
     match conn {
         Conn::Pg(c) => {
-            diesel::insert_into(changes::table).values(&rows).execute(&mut **c).await?;
-        }
-        Conn::Sqlite(c) => {
-            c.spawn_blocking(move |c| {
-                for row in &rows {
-                    diesel::RunQueryDsl::execute(diesel::insert_into(changes::table).values(row), c)?;
+            use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
+            const COLUMNS: usize = 10;
+            let mut text = String::from(
+                "INSERT INTO changes (tenant_id, sequence, resource_type, resource_id, kind, revision, actor, \
+                 request_id, time, diff, resource) VALUES ",
+            );
+            for i in 0..new.len() {
+                let n = i * COLUMNS;
+                if i > 0 {
+                    text.push_str(", ");
                 }
-                Ok(())
-            })
-            .await?;
+                text.push_str(&format!(
+                    "(${}, pg_current_xact_id()::text::bigint * {PER_TRANSACTION} + {i}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}::jsonb, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6,
+                    n + 7,
+                    n + 8,
+                    n + 9,
+                    n + 10
+                ));
+            }
+            let mut query = diesel::sql_query(text).into_boxed::<diesel::pg::Pg>();
+            for row in new {
+                query = query
+                    .bind::<Text, _>(row.tenant_id)
+                    .bind::<Integer, _>(row.resource_type)
+                    .bind::<Text, _>(row.resource_id)
+                    .bind::<Integer, _>(row.kind)
+                    .bind::<BigInt, _>(row.revision)
+                    .bind::<Text, _>(row.actor)
+                    .bind::<Nullable<Text>, _>(row.request_id)
+                    .bind::<BigInt, _>(row.time)
+                    .bind::<Text, _>(row.diff.0)
+                    .bind::<Nullable<Binary>, _>(row.resource);
+            }
+            query.execute(&mut **c).await?;
+        }
+        Conn::Sqlite(_) => {
+            let mut rows = Vec::with_capacity(new.len());
+            let mut pending = new;
+            for tenant in &tenants {
+                let (mine, rest): (Vec<ChangeRow>, Vec<ChangeRow>) =
+                    pending.into_iter().partition(|c| c.tenant_id == *tenant);
+                pending = rest;
+                let count = i64::try_from(mine.len()).unwrap_or(i64::MAX);
+                let first = take_sequences(conn, tenant, count).await? - count + 1;
+                for (offset, change) in mine.into_iter().enumerate() {
+                    rows.push(ChangeRow { sequence: first + offset as i64, ..change });
+                }
+            }
+            if let Conn::Sqlite(c) = conn {
+                c.spawn_blocking(move |c| {
+                    for row in &rows {
+                        diesel::RunQueryDsl::execute(diesel::insert_into(changes::table).values(row), c)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
         }
     }
-    Ok(woken)
+    Ok(tenants)
 }
 
 /// Up to `limit` changes of `tenant` after `after`, in sequence order, below

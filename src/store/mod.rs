@@ -248,8 +248,11 @@ impl Db {
                 past_deadline(result)
             }
             Db::Sqlite { writer, .. } => {
-                let mut object = timed_get(writer, "sqlite_writer").await?;
-                let conn: &mut SqliteConn = &mut object;
+                let mut guard = PanicGuard(Some(timed_get(writer, "sqlite_writer").await?));
+                let Some(object) = guard.0.as_mut() else {
+                    return Err(Error::Internal("the writer connection vanished".into()));
+                };
+                let conn: &mut SqliteConn = object;
                 // SQLite has no statement timeout: the wait for the write lock
                 // is what a deadline can shorten.
                 let left = deadline::remaining().map(|left| left.as_millis().min(u128::from(SQLITE_BUSY_TIMEOUT_MS)));
@@ -365,6 +368,29 @@ impl Db {
             }
         }
         Ok(())
+    }
+}
+
+/// Holds a pooled connection during a transaction we drive by hand (SQLite's
+/// `BEGIN IMMEDIATE`, which diesel's transaction manager does not see): if
+/// the task panics inside it, the connection is taken out of its pool and
+/// closed (SQLite then rolls back), instead of going back inside a transaction.
+struct PanicGuard<C>(Option<Object<C>>)
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>;
+
+impl<C> Drop for PanicGuard<C>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager<Type = C>,
+{
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(object) = self.0.take()
+        {
+            drop(Object::take(object));
+        }
     }
 }
 
