@@ -41,6 +41,7 @@ pub enum Reason {
     OrderByInvalid,
     PageTokenInvalid,
     TooMany,
+    MalformedRequest,
     NotFound,
     Duplicate,
     EtagMismatch,
@@ -78,6 +79,7 @@ impl Reason {
             Reason::OrderByInvalid => "ORDER_BY_INVALID",
             Reason::PageTokenInvalid => "PAGE_TOKEN_INVALID",
             Reason::TooMany => "TOO_MANY",
+            Reason::MalformedRequest => "MALFORMED_REQUEST",
             Reason::NotFound => "NOT_FOUND",
             Reason::Duplicate => "DUPLICATE",
             Reason::EtagMismatch => "ETAG_MISMATCH",
@@ -160,6 +162,9 @@ pub enum Error {
     /// consumer resumes after `resume_after` and loses nothing.
     #[error("the watch ended; resume after {resume_after}")]
     WatchEnded { resume_after: i64, behind: bool },
+    /// The request message does not decode (the caller sent it).
+    #[error("the request message does not decode")]
+    Malformed,
     /// A request message is larger than the server accepts.
     #[error("a request message is larger than {limit} bytes")]
     MessageTooLarge { limit: usize },
@@ -209,6 +214,7 @@ impl Error {
             Error::CursorExpired { .. } => Reason::CursorExpired,
             Error::WatchEnded { .. } => Reason::WatchEnded,
             Error::MessageTooLarge { .. } | Error::ResponseTooLarge { .. } => Reason::MessageTooLarge,
+            Error::Malformed => Reason::MalformedRequest,
             Error::Conflict(_) => Reason::ConcurrentWrite,
             Error::DeadlineExceeded => Reason::DeadlineExceeded,
             Error::UnknownMethod(_) => Reason::MethodUnknown,
@@ -389,6 +395,10 @@ impl From<Error> for Status {
                     ),
                 )
             }
+            Error::Malformed => (
+                Code::InvalidArgument,
+                "The request message does not decode as this RPC's protobuf message (corrupt bytes, or invalid UTF-8 in a string field).".to_string(),
+            ),
             Error::ResponseTooLarge { limit } => {
                 metadata.insert("limit_bytes".to_string(), limit.to_string());
                 (

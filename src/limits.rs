@@ -3,7 +3,8 @@
 //! health and reflection are never shed, so probes keep answering), honours
 //! the caller's `grpc-timeout` (`DEADLINE_EXCEEDED`, with the deadline handed
 //! to the store through [`crate::deadline`]), and turns tonic's answer to an
-//! oversized request into a clear `RESOURCE_EXHAUSTED` / `MESSAGE_TOO_LARGE`.
+//! oversized request into a clear `RESOURCE_EXHAUSTED` / `MESSAGE_TOO_LARGE`
+//! and one that does not decode into `INVALID_ARGUMENT` / `MALFORMED_REQUEST`.
 
 use std::{
     sync::Arc,
@@ -107,9 +108,21 @@ where
             if is_too_large(response.headers()) {
                 return Ok(tonic::Status::from(Error::MessageTooLarge { limit: max_message_bytes }).into_http());
             }
+            if is_undecodable(response.headers()) {
+                return Ok(tonic::Status::from(Error::Malformed).into_http());
+            }
             Ok(response)
         })
     }
+}
+
+/// Whether this is tonic's trailers-only answer to a request message that
+/// does not decode (`INTERNAL`, "failed to decode Protobuf message"): the
+/// caller's error, so it is answered and counted as INVALID_ARGUMENT.
+fn is_undecodable(headers: &HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"13")
+        && tonic::Status::from_header_map(headers)
+            .is_some_and(|status| status.message().starts_with("failed to decode Protobuf message"))
 }
 
 /// Whether this is tonic's trailers-only answer to a request message over

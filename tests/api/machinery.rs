@@ -38,6 +38,7 @@ on_both_backends!(
     request_ids_create_time_is_not_null,
     custom_field_keys_share_one_grammar,
     a_dropped_call_holds_its_permit_until_its_database_work_ends,
+    a_request_that_does_not_decode_is_the_callers_error,
 );
 
 fn contact(name: &str) -> Contact {
@@ -509,4 +510,67 @@ async fn a_dropped_call_holds_its_permit_until_its_database_work_ends(backend: B
         }
     }
     assert!(freed, "the permit came back once the work ended");
+}
+
+/// Sends raw bytes as a request message and ignores the answer's body.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf;
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+async fn a_request_that_does_not_decode_is_the_callers_error(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let token = crate::helpers::token("t1", "contacts.write");
+    // Garbage, a truncated message, and a string field holding invalid UTF-8
+    // (CreateContactRequest.contact.display_name = 0xC3 0x28).
+    for bytes in [vec![0xff, 0xff, 0xff], vec![0x0a, 0x10, 0x12], vec![0x0a, 0x04, 0x12, 0x02, 0xc3, 0x28]] {
+        let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+        grpc.ready().await.expect("ready");
+        let mut request = Request::new(bytes.clone());
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+        let path = http::uri::PathAndQuery::from_static("/agenda.v1.ContactService/CreateContact");
+        let status = grpc.unary(request, path, RawCodec).await.unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "MALFORMED_REQUEST");
+    }
+    assert_eq!(count_rows(&app, "contacts").await, 0);
+    // The server keeps serving.
+    create(&mut app.contacts("t1"), contact("after")).await;
 }
