@@ -161,8 +161,13 @@ impl Db {
         detached(async move {
             match &db {
                 Db::Pg(pool) => {
-                    let mut object = timed_get(pool, "postgres").await?;
-                    let conn: &mut AsyncPgConnection = &mut object;
+                    // The session's statement_timeout is set for this read and
+                    // reset after it; a panic in between discards the connection.
+                    let mut guard = PanicGuard(Some(timed_get(pool, "postgres").await?));
+                    let Some(object) = guard.0.as_mut() else {
+                        return Err(Error::Internal("the pooled connection vanished".into()));
+                    };
+                    let conn: &mut AsyncPgConnection = object;
                     let timeout = statement_timeout_ms()?;
                     if let Some(ms) = timeout {
                         conn.batch_execute(&format!("SET statement_timeout = {ms}")).await?;
@@ -371,10 +376,11 @@ impl Db {
     }
 }
 
-/// Holds a pooled connection during a transaction we drive by hand (SQLite's
-/// `BEGIN IMMEDIATE`, which diesel's transaction manager does not see): if
-/// the task panics inside it, the connection is taken out of its pool and
-/// closed (SQLite then rolls back), instead of going back inside a transaction.
+/// Holds a pooled connection in a state we set by hand (SQLite's `BEGIN
+/// IMMEDIATE`, which diesel's transaction manager does not see; a read's
+/// session `statement_timeout`): if the task panics meanwhile, the
+/// connection is taken out of its pool and closed (SQLite then rolls back),
+/// instead of going back inside a transaction or with a short timeout.
 struct PanicGuard<C>(Option<Object<C>>)
 where
     C: diesel_async::pooled_connection::PoolableConnection + 'static,
