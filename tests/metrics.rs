@@ -90,6 +90,9 @@ async fn change_feed_metrics_follow_the_watchers(backend: Backend) {
     let app = spawn_app(backend).await;
     let before = scrape(app.metrics_addr).await;
     let mut stream = app.changes("t1").watch_changes(WatchChangesRequest::default()).await.expect("watch").into_inner();
+    // Let the stream finish its (empty) replay, so the change comes live
+    // and counts towards the lag; a replayed one counts as sent only.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     app.contacts("t1").create_contact(create("Ada")).await.expect("create");
     let change = stream.message().await.expect("stream").expect("a change");
     assert!(change.sequence > 0);

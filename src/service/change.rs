@@ -227,8 +227,8 @@ impl ChangeService for ChangeApi {
     }
 }
 
-/// Sends one change; `false` once the caller has gone. Only live changes
-/// count towards the commit-to-send lag.
+/// Sends one change; `false` once the caller has gone. Every change sent is
+/// counted; only live ones count towards the commit-to-send lag.
 async fn send(
     tx: &mpsc::Sender<std::result::Result<api::Change, Status>>,
     row: &ChangeRow,
@@ -237,8 +237,8 @@ async fn send(
 ) -> bool {
     let change = to_proto(row, wanted.include_resources);
     let sent = tx.send(Ok(change)).await.is_ok();
-    if sent && live {
-        metrics::change_sent(row.time);
+    if sent {
+        metrics::change_sent(row.time, live);
     }
     sent
 }

@@ -45,11 +45,14 @@ pub fn watcher_cut() {
     metrics::counter!(WATCHERS_CUT).increment(1);
 }
 
-/// A change committed at `time_micros` was sent to a watcher now.
-pub fn change_sent(time_micros: i64) {
+/// A change committed at `time_micros` was sent to a watcher now; `live`
+/// (not replayed from storage) changes also record their commit-to-send lag.
+pub fn change_sent(time_micros: i64, live: bool) {
     metrics::counter!(CHANGES_SENT).increment(1);
-    let lag = (chrono::Utc::now().timestamp_micros() - time_micros).max(0) as f64 / 1e6;
-    metrics::histogram!(CHANGE_LAG_SECONDS).record(lag);
+    if live {
+        let lag = (chrono::Utc::now().timestamp_micros() - time_micros).max(0) as f64 / 1e6;
+        metrics::histogram!(CHANGE_LAG_SECONDS).record(lag);
+    }
 }
 
 /// grpc-prometheus's default buckets, in seconds.
