@@ -34,6 +34,7 @@ on_both_backends!(
     cancelled_writes_leave_no_transaction_or_lock_behind,
     watch_streams_have_their_own_cap_and_end_on_drain,
     a_watch_ends_when_its_token_expires,
+    a_write_cancelled_before_it_begins_runs_wholly_once_a_connection_frees,
 );
 
 fn contact(name: &str) -> Contact {
@@ -638,4 +639,52 @@ async fn a_watch_ends_when_its_token_expires(backend: Backend) {
         .expect("the stream ends with its token")
         .unwrap_err();
     assert_error(&ended, Code::Unauthenticated, "TOKEN_EXPIRED");
+}
+
+async fn a_write_cancelled_before_it_begins_runs_wholly_once_a_connection_frees(backend: Backend) {
+    // One connection: the first update holds it inside its transaction
+    // (waiting on a lock), the second waits for it before BEGIN.
+    let app = spawn_app_with(backend, |o| o.database_pool_size = Some(1)).await;
+    let mut contacts = app.contacts("t1");
+    let ada = contacts.create_contact(create("Ada", "")).await.expect("create").into_inner();
+    // Let start-up work (the first purge, the first health ping) finish with the connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let blocker = hold_locks(&app).await;
+    let mut calls = Vec::new();
+    for name in ["inside-its-transaction", "before-begin"] {
+        let mut client = app.contacts("t1");
+        let request = rename(&ada.id, name);
+        calls.push(tokio::spawn(async move { client.update_contact(request).await }));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for call in &calls {
+        call.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(blocker);
+    // Both cancelled writes run to their end, one after the other, each whole.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let fresh =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.addr)).expect("endpoint").connect_lazy();
+    let mut reader = crate::helpers::contacts_on(fresh.clone(), "t1");
+    loop {
+        let now = reader
+            .get_contact(agenda::api::GetContactRequest { id: ada.id.clone(), read_mask: None })
+            .await
+            .expect("get")
+            .into_inner();
+        if now.revision == 3 {
+            assert_eq!(now.display_name, "before-begin");
+            break;
+        }
+        assert!(now.revision < 3, "{now:?}");
+        assert!(tokio::time::Instant::now() < deadline, "the cancelled writes did not finish: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if backend == Backend::Postgres {
+        assert_eq!(idle_in_transaction(&app).await, 0, "no connection is left inside a transaction");
+    }
+    let feed = at_least(&mut crate::helpers::changes_on(fresh, "t1"), 3).await;
+    let revisions: Vec<i64> = feed.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, [1, 2, 3], "one change per write, in order");
 }
