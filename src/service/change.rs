@@ -198,10 +198,14 @@ impl ChangeService for ChangeApi {
         // had committed, so a short page has seen all of them.
         // A consumer starting from the oldest kept (0) is never refused: when
         // the purge passes it while it reads, it starts again from the new oldest.
+        let mut attempts = 0;
         let (changes, next) = loop {
             let (start_after, last) = self.check_cursor(&wanted.tenant, request.start_after).await?;
+            attempts += 1;
             match self.list_page(wanted.clone(), start_after, last, page).await {
-                Err(Error::CursorExpired { .. }) if request.start_after == 0 => continue,
+                // A purge outruns a read only briefly; after a few tries the
+                // caller is told, rather than the server trying forever.
+                Err(Error::CursorExpired { .. }) if request.start_after == 0 && attempts < 5 => continue,
                 other => break other?,
             }
         };

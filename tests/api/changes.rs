@@ -11,7 +11,7 @@ use agenda::api::{
     CreateContactRequest, DeleteContactRequest, ListChangesRequest, ResourceType, UndeleteContactRequest,
     UpdateContactRequest, WatchChangesRequest,
 };
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl as _, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl as _};
 use prost_types::{FieldMask, Value, value::Kind};
 use tonic::{Code, Streaming};
 
@@ -451,23 +451,6 @@ async fn an_expired_cursor_is_refused_with_the_oldest_sequence(backend: Backend)
     }
 }
 
-/// A transaction on another connection holding the contact rows' lock.
-async fn hold_locks(app: &TestApp) -> Box<dyn std::any::Any + Send> {
-    match app.backend {
-        Backend::Postgres => {
-            let mut conn = AsyncPgConnection::establish(&app.database_url).await.expect("connect");
-            conn.batch_execute("BEGIN; LOCK TABLE contacts IN EXCLUSIVE MODE").await.expect("lock");
-            Box::new(conn)
-        }
-        Backend::Sqlite => {
-            let path = app.database_url.trim_start_matches("sqlite://").to_string();
-            let mut conn = agenda::store::SqliteConn::establish(&path).await.expect("connect");
-            conn.batch_execute("PRAGMA busy_timeout = 5000; BEGIN IMMEDIATE").await.expect("lock");
-            Box::new(conn)
-        }
-    }
-}
-
 async fn idle_in_transaction(app: &TestApp) -> i64 {
     #[derive(diesel::QueryableByName)]
     struct Count {
@@ -509,14 +492,14 @@ async fn cancelled_writes_leave_no_transaction_or_lock_behind(backend: Backend) 
 
     // Cancelled in the middle of its body (inside the transaction, waiting
     // on a lock): the client gives up, then the lock goes away.
-    let blocker = hold_locks(&app).await;
+    let blocker = crate::ops::Blocker::hold(&app).await;
     let mut client = app.contacts("t1");
     let request = rename(&ada.id, "mid-body");
     let call = tokio::spawn(async move { client.update_contact(request).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     call.abort();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(blocker);
+    blocker.release().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     if backend == Backend::Postgres {
         assert_eq!(idle_in_transaction(&app).await, 0, "no connection is left inside a transaction");
@@ -649,7 +632,7 @@ async fn a_write_cancelled_before_it_begins_runs_wholly_once_a_connection_frees(
     let ada = contacts.create_contact(create("Ada", "")).await.expect("create").into_inner();
     // Let start-up work (the first purge, the first health ping) finish with the connection.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let blocker = hold_locks(&app).await;
+    let blocker = crate::ops::Blocker::hold(&app).await;
     let mut calls = Vec::new();
     for name in ["inside-its-transaction", "before-begin"] {
         let mut client = app.contacts("t1");
@@ -661,7 +644,7 @@ async fn a_write_cancelled_before_it_begins_runs_wholly_once_a_connection_frees(
         call.abort();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    drop(blocker);
+    blocker.release().await;
     // Both cancelled writes run to their end, one after the other, each whole.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let fresh =
