@@ -73,6 +73,22 @@ async fn reflection_v1_and_v1alpha_list_the_services(backend: Backend) {
         .expect("CreateContact");
     let extension = pool.get_extension_by_name("agenda.v1.required_scope").expect("the scope option");
     assert_eq!(method.options().get_extension(&extension).as_str(), Some("contacts.write"));
+    // And the field behaviours (AIP-203), from google/api/field_behavior.proto
+    // as reflection serves it: what grpcurl and generated clients read.
+    let behavior = pool.get_extension_by_name("google.api.field_behavior").expect("google.api.field_behavior");
+    assert_eq!(behavior.number(), 1052);
+    let contact = pool.get_message_by_name("agenda.v1.Contact").expect("Contact");
+    let behaviors = |field: &str| -> Vec<i32> {
+        let options = contact.get_field_by_name(field).expect("a field").options();
+        match options.get_extension(&behavior).as_ref() {
+            prost_reflect::Value::List(values) => values.iter().filter_map(|v| v.as_enum_number()).collect(),
+            _ => Vec::new(),
+        }
+    };
+    assert_eq!(behaviors("id"), [8], "IDENTIFIER");
+    assert_eq!(behaviors("display_name"), [2], "REQUIRED");
+    assert_eq!(behaviors("etag"), [3], "OUTPUT_ONLY");
+    assert!(behaviors("given_name").is_empty());
 
     let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
     let request = v1alpha::ServerReflectionRequest {
