@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "agenda/v1/options.proto",
     "agenda/v1/types.proto",
     "agenda/v1/contact.proto",
+    "agenda/v1/activity.proto",
     "agenda/v1/change.proto",
 ];
 

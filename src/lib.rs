@@ -8,6 +8,7 @@ pub mod devmode;
 pub mod domain;
 pub mod error;
 pub mod feed;
+pub mod i18n;
 pub mod limits;
 pub mod listener;
 pub mod query;

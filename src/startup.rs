@@ -11,16 +11,21 @@ use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    api::{self, change_service_server::ChangeServiceServer, contact_service_server::ContactServiceServer},
+    api::{
+        self, activity_service_server::ActivityServiceServer, change_service_server::ChangeServiceServer,
+        contact_service_server::ContactServiceServer,
+    },
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
     feed::Feed,
     limits::LimitLayer,
     listener::{self, TlsReloader},
     service::{
+        activity::{ActivityApi, ActivityResource},
+        activity_type::ActivityTypeResource,
         change::ChangeApi,
         contact::{ContactApi, ContactResource},
-        resource::Pipeline,
+        resource::{Pipeline, Purge},
     },
     store::Db,
     telemetry::{
@@ -30,8 +35,11 @@ use crate::{
 };
 
 /// The gRPC services whose health is reported besides the overall `""`.
-const SERVICES: &[&str] =
-    &[<ContactServiceServer<ContactApi> as NamedService>::NAME, <ChangeServiceServer<ChangeApi> as NamedService>::NAME];
+const SERVICES: &[&str] = &[
+    <ContactServiceServer<ContactApi> as NamedService>::NAME,
+    <ActivityServiceServer<ActivityApi> as NamedService>::NAME,
+    <ChangeServiceServer<ChangeApi> as NamedService>::NAME,
+];
 
 /// A built server, bound to its port, not yet serving.
 pub struct Application {
@@ -113,15 +121,15 @@ impl Application {
             Feed::new(self.db.clone(), self.settings.max_watchers, (self.settings.database_pool_size / 2).max(1));
         let listener = self.settings.database_listen_url.clone().map(|url| tokio::spawn(feed.clone().listen(url)));
         let _listener_guard = listener.map(AbortOnDrop);
-        let contacts = Pipeline::<ContactResource>::new(
-            self.db.clone(),
-            feed.clone(),
-            self.settings.retention,
-            self.settings.max_response_bytes,
-        );
+        let (retention, budget) = (self.settings.retention, self.settings.max_response_bytes);
+        let contacts = Pipeline::<ContactResource>::new(self.db.clone(), feed.clone(), retention, budget);
+        let activities = Pipeline::<ActivityResource>::new(self.db.clone(), feed.clone(), retention, budget);
+        let types = Pipeline::<ActivityTypeResource>::new(self.db.clone(), feed.clone(), retention, budget);
+        let purged: Vec<Box<dyn Purge>> =
+            vec![Box::new(contacts.clone()), Box::new(activities.clone()), Box::new(types.clone())];
         let purger = tokio::spawn(purge_periodically(
             self.db.clone(),
-            contacts.clone(),
+            purged,
             self.settings.purge_interval,
             self.settings.change_retention,
         ));
@@ -140,6 +148,9 @@ impl Application {
         // times its raw text), so encoding allows a multiple of both.
         let encode = settings.max_response_bytes.max(max).saturating_mul(8);
         let contacts = ContactServiceServer::new(ContactApi::new(contacts))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(encode);
+        let activities = ActivityServiceServer::new(ActivityApi::new(activities, types, self.db.clone(), budget))
             .max_decoding_message_size(max)
             .max_encoding_message_size(encode);
         let changes =
@@ -166,6 +177,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(contacts)
+            .add_service(activities)
             .add_service(changes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
@@ -248,12 +260,19 @@ async fn monitor_health(db: Db, reporter: HealthReporter, every: Duration) {
 /// Purges expired soft-deleted resources (each with its PURGED change),
 /// request ids and changes past their retention, every `interval`. Safe with
 /// many replicas: on PostgreSQL each row is taken by one of them (SKIP LOCKED).
-async fn purge_periodically(db: Db, contacts: Pipeline<ContactResource>, interval: Duration, changes: Duration) {
+async fn purge_periodically(db: Db, resources: Vec<Box<dyn Purge>>, interval: Duration, changes: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let purged = match contacts.purge_expired().await {
+        let mut purged = Ok(0);
+        for resource in &resources {
+            purged = match purged {
+                Ok(count) => resource.purge().await.map(|more| count + more),
+                error => error,
+            };
+        }
+        let purged = match purged {
             Ok(resources) => db.purge_housekeeping(changes).await.map(|rows| resources + rows),
             Err(error) => Err(error),
         };

@@ -189,6 +189,7 @@ impl Verifier {
             tenant: claims.tenant,
             scopes: ScopeSet::parse(&claims.scope),
             expires_at: claims.exp.saturating_add(LEEWAY_SECONDS),
+            languages: Default::default(),
         })
     }
 

@@ -3,6 +3,8 @@
 //! generated request messages (`crate::api`) it validates, but knows nothing
 //! of transport (no tonic status, no metadata) or of storage (no diesel).
 
+pub mod activity;
+pub mod activity_type;
 pub mod contact;
 pub mod custom_fields;
 pub mod rich_text;
@@ -86,6 +88,15 @@ impl Check {
     pub fn finish<T>(self, value: T) -> Result<T, Error> {
         if self.violations.is_empty() { Ok(value) } else { Err(Error::Invalid(self.violations)) }
     }
+}
+
+/// Whether `value` is a key: a lower-case letter, then up to 63 lower-case
+/// letters, digits and `_` (activity type keys, participant roles).
+pub fn is_key(value: &str) -> bool {
+    let mut chars = value.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && value.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Parses a resource id: a UUID, in its canonical lower-case form. An id that

@@ -51,8 +51,9 @@ impl PageToken {
     fn decode(token: &str) -> Option<PageToken> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
         let token: PageToken = serde_json::from_slice(&bytes).ok()?;
-        crate::domain::parse_id(&token.a).filter(|id| *id == token.a)?;
-        Some(token)
+        // The anchor is a resource id: a UUID, or a key (activity types).
+        let canonical = crate::domain::parse_id(&token.a).is_some_and(|id| id == token.a);
+        (canonical || crate::domain::is_key(&token.a)).then_some(token)
     }
 }
 
@@ -291,7 +292,7 @@ mod tests {
             FieldSpec {
                 name: "tags.name",
                 column: "tags",
-                kind: FieldKind::RepeatedKey { key: "name" },
+                kind: FieldKind::RepeatedKey { key: "name", lookup: None },
                 orderable: false,
             },
             FieldSpec { name: "custom_fields", column: "custom_fields", kind: FieldKind::Custom, orderable: true },

@@ -13,8 +13,13 @@ pub enum FieldKind {
     },
     /// A time, stored as microseconds since the epoch; compared with RFC 3339 strings.
     Timestamp,
+    /// A time that may be unset (NULL): it matches no comparison, and sorts
+    /// after every time.
+    OptionalTimestamp,
     /// A boolean.
     Bool,
+    /// A whole number.
+    Integer,
     /// An enum stored as its number; values are names, with or without the prefix.
     Enum {
         /// The enum's prefix, e.g. `STATUS_`.
@@ -27,9 +32,23 @@ pub enum FieldKind {
     RepeatedKey {
         /// The key inside each element.
         key: &'static str,
+        /// On SQLite, which has no index over JSON array elements: a table of
+        /// (tenant_id, path, value, <resource>_id) rows, kept by triggers,
+        /// with the field's name as path and `id_column` naming the resource.
+        lookup: Option<Lookup>,
     },
     /// A JSON object column whose keys the caller names (`custom_fields.<key>`).
     Custom,
+}
+
+/// A SQLite table holding the elements of a JSON array column, one row per
+/// element key and value ([`FieldKind::RepeatedKey`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    /// The table.
+    pub table: &'static str,
+    /// Its column holding the resource's id.
+    pub id_column: &'static str,
 }
 
 /// A field a caller may filter or order by.
@@ -165,6 +184,7 @@ impl ResourceSpec {
         let column = format!("{alias}.{}", resolved.spec.column);
         match (resolved.spec.kind, key_param) {
             (FieldKind::Text { nullable: true }, _) => format!("COALESCE({column}, '')"),
+            (FieldKind::OptionalTimestamp, _) => format!("COALESCE({column}, {})", i64::MAX),
             (FieldKind::Custom, Some(key)) if pg => format!("COALESCE({column} ->> {key}, '')"),
             (FieldKind::Custom, Some(key)) => format!("COALESCE(CAST(json_extract({column}, {key}) AS TEXT), '')"),
             _ => column,
@@ -223,7 +243,7 @@ fn compare(resolved: &Resolved, name: &str, op: Op, value: &Value, pos: usize, s
             let p = sql.param(Param::Text(text.clone()));
             Ok(format!("{column} {} {p}", comparison(op)))
         }
-        FieldKind::Timestamp => {
+        FieldKind::Timestamp | FieldKind::OptionalTimestamp => {
             let text = string("an RFC 3339 time such as \"2026-01-01T00:00:00Z\"")?;
             if op == Op::Has {
                 return fault(pos, format!("{name} is a time: use = != < <= > >="));
@@ -231,6 +251,14 @@ fn compare(resolved: &Resolved, name: &str, op: Op, value: &Value, pos: usize, s
             let time = chrono::DateTime::parse_from_rfc3339(text)
                 .map_err(|e| Fault { pos, message: format!("{text:?} is not an RFC 3339 time: {e}") })?;
             let p = sql.param(Param::BigInt(time.timestamp_micros()));
+            Ok(format!("{column} {} {p}", comparison(op)))
+        }
+        FieldKind::Integer => {
+            let Value::Number(n) = value else { return fault(pos, format!("{name} compares with a number")) };
+            if op == Op::Has || n.fract() != 0.0 {
+                return fault(pos, format!("{name} is a whole number: use = != < <= > >= with one"));
+            }
+            let p = sql.param(Param::BigInt(*n as i64));
             Ok(format!("{column} {} {p}", comparison(op)))
         }
         FieldKind::Bool => {
@@ -274,7 +302,36 @@ fn compare(resolved: &Resolved, name: &str, op: Op, value: &Value, pos: usize, s
             let p = sql.param(Param::BigInt(i64::from(number)));
             Ok(format!("{column} {} {p}", comparison(op)))
         }
-        FieldKind::RepeatedKey { key } => {
+        FieldKind::RepeatedKey { lookup: Some(lookup), .. } if !sql.pg => {
+            // List queries bind the tenant first.
+            let tenant = sql.params.first().cloned().unwrap_or(Param::Text(String::new()));
+            let text = string("a text")?;
+            let (value, negate) = match op {
+                Op::Eq | Op::Ne => {
+                    let p = sql.param(Param::Text(text.clone()));
+                    (format!("= {p}"), op == Op::Ne)
+                }
+                Op::Has => {
+                    let p = sql.param(Param::Text(contains_pattern(text)));
+                    (format!("LIKE {p} ESCAPE '\\'"), false)
+                }
+                _ => {
+                    return fault(
+                        pos,
+                        format!("{name} is a list: use = (has), != (has not) or : (has one containing)"),
+                    );
+                }
+            };
+            let t = sql.param(tenant);
+            let path = sql.param(Param::Text(name.to_string()));
+            let condition = format!(
+                "t.id IN (SELECT e.{id} FROM {table} AS e WHERE e.tenant_id = {t} AND e.path = {path} AND e.value {value})",
+                id = lookup.id_column,
+                table = lookup.table,
+            );
+            Ok(if negate { format!("NOT ({condition})") } else { condition })
+        }
+        FieldKind::RepeatedKey { key, .. } => {
             let text = string("a text")?;
             let (condition, negate) = match op {
                 Op::Eq | Op::Ne if sql.pg => {

@@ -158,6 +158,12 @@ fn to_proto(row: &ChangeRow, include_resources: bool) -> api::Change {
             Ok(api::ResourceType::Contact) => {
                 api::Contact::decode(bytes.as_slice()).ok().map(api::change::Resource::Contact)
             }
+            Ok(api::ResourceType::Activity) => {
+                api::Activity::decode(bytes.as_slice()).ok().map(api::change::Resource::Activity)
+            }
+            Ok(api::ResourceType::ActivityType) => {
+                api::ActivityType::decode(bytes.as_slice()).ok().map(api::change::Resource::ActivityType)
+            }
             _ => None,
         },
         _ => None,

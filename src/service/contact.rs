@@ -7,11 +7,7 @@ use std::collections::HashMap;
 use tonic::{Request, Response, Status};
 
 use super::{
-    ReadMask, request_hash,
-    resource::{
-        CreateItem, MAX_BATCH_GET, MAX_BATCH_WRITE, Pipeline, Purged, Resource, UpdateItem, check_batch_size,
-        item_prefix,
-    },
+    resource::{Mutation, Pipeline, Resource, item_prefix},
     timestamp,
 };
 use crate::{
@@ -23,7 +19,7 @@ use crate::{
         custom_fields,
     },
     error::{Error, Result},
-    query::{ListParams, ResourceSpec, spec::Sql},
+    query::ResourceSpec,
     store::{self, Conn, TxFuture},
 };
 
@@ -33,6 +29,8 @@ pub struct ContactResource;
 impl Resource for ContactResource {
     type Proto = api::Contact;
     type Fields = ContactFields;
+    type Table = store::contact::ContactTable;
+    type Context = ();
 
     const NAME: &'static str = store::contact::RESOURCE;
     const MESSAGE: &'static str = "agenda.v1.Contact";
@@ -57,36 +55,15 @@ impl Resource for ContactResource {
         &proto.etag
     }
 
-    fn find_many<'a>(
-        conn: &'a mut Conn<'_>,
-        tenant: &'a str,
-        ids: &'a [String],
-        lock: bool,
-    ) -> TxFuture<'a, Vec<Contact>> {
-        Box::pin(store::contact::find_many(conn, tenant, ids, lock))
-    }
-
-    fn insert_many<'a>(conn: &'a mut Conn<'_>, rows: &'a [Contact]) -> TxFuture<'a, ()> {
-        Box::pin(store::contact::insert_many(conn, rows))
-    }
-
-    fn write_many<'a>(conn: &'a mut Conn<'_>, rows: &'a [Contact]) -> TxFuture<'a, ()> {
-        Box::pin(store::contact::write_many(conn, rows))
-    }
-
-    fn list<'a>(conn: &'a mut Conn<'_>, sql: &'a Sql) -> TxFuture<'a, Vec<Contact>> {
-        Box::pin(store::contact::list(conn, sql))
-    }
-
-    fn purge_expired<'a>(conn: &'a mut Conn<'_>, now: i64, limit: i64) -> TxFuture<'a, Vec<Purged>> {
-        Box::pin(store::contact::purge_expired(conn, now, limit))
+    fn context<'a>(_conn: &'a mut Conn<'_>, _caller: &'a Principal) -> TxFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
     }
 
     /// No two contacts of one write may share an external_id; the error names
     /// the later item and the earlier one, by their index in the request.
-    fn check_items(written: &[(usize, Contact)], batch: bool) -> Result<()> {
+    fn check_items(written: &[Mutation<ContactFields>], batch: bool) -> Result<()> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, contact) in written {
+        for Mutation { index: i, after: contact, .. } in written {
             if let Some(external_id) = live_external_id(contact)
                 && let Some(first) = seen.insert(external_id, *i)
             {
@@ -105,19 +82,19 @@ impl Resource for ContactResource {
     fn check_written<'a>(
         conn: &'a mut Conn<'_>,
         tenant: &'a str,
-        written: &'a [(usize, Contact)],
+        written: &'a [Mutation<ContactFields>],
         batch: bool,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
             let wanted: Vec<String> =
-                written.iter().filter_map(|(_, c)| live_external_id(c).map(str::to_string)).collect();
-            let own: Vec<String> = written.iter().map(|(_, c)| c.meta.id.clone()).collect();
+                written.iter().filter_map(|m| live_external_id(&m.after).map(str::to_string)).collect();
+            let own: Vec<String> = written.iter().map(|m| m.after.meta.id.clone()).collect();
             let taken = store::contact::external_ids_taken(conn, tenant, &wanted, &own).await?;
             if let Some((external_id, _)) = taken.first() {
                 let index = written
                     .iter()
-                    .find(|(_, c)| c.fields.external_id.as_deref() == Some(external_id))
-                    .map_or(0, |(i, _)| *i);
+                    .find(|m| m.after.fields.external_id.as_deref() == Some(external_id))
+                    .map_or(0, |m| m.index);
                 return Err(Error::Duplicate {
                     resource: Self::NAME,
                     field: format!("{}contact.external_id", item_prefix(batch, "requests", index)),
@@ -183,24 +160,7 @@ impl ContactApi {
     }
 }
 
-fn create_item(mut request: api::CreateContactRequest) -> CreateItem<api::Contact> {
-    let request_id = std::mem::take(&mut request.request_id);
-    let request_hash = request_hash(ContactResource::CREATE, &request);
-    CreateItem { resource: request.contact, request_id, request_hash }
-}
-
-fn update_item(request: api::UpdateContactRequest) -> UpdateItem<api::Contact> {
-    UpdateItem {
-        resource: request.contact,
-        update_mask: request.update_mask,
-        allow_missing: request.allow_missing,
-        comment: request.comment,
-    }
-}
-
-fn single<T>(mut answer: Vec<T>) -> Result<T> {
-    answer.pop().ok_or_else(|| Error::Internal("a single call answered nothing".into()))
-}
+crate::standard_requests!(api::Contact, contact, api::CreateContactRequest, api::UpdateContactRequest);
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
@@ -208,42 +168,32 @@ type Reply<T> = std::result::Result<Response<T>, Status>;
 impl ContactService for ContactApi {
     async fn create_contact(&self, request: Request<api::CreateContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
-        let items = vec![create_item(request.into_inner())];
-        Ok(Response::new(single(self.contacts.create(&caller, items, false).await?)?))
+        Ok(Response::new(self.contacts.create_one(&caller, request.into_inner()).await?))
     }
 
     async fn get_contact(&self, request: Request<api::GetContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        let mask = ReadMask::parse(ContactResource::MESSAGE, request.read_mask.as_ref())?;
-        Ok(Response::new(single(self.contacts.get(&caller, std::slice::from_ref(&request.id), mask, false).await?)?))
+        Ok(Response::new(self.contacts.get_one(&caller, request.id, request.read_mask.as_ref()).await?))
     }
 
     async fn list_contacts(&self, request: Request<api::ListContactsRequest>) -> Reply<api::ListContactsResponse> {
         let caller = Principal::of(&request)?;
-        let request = request.into_inner();
-        let params = ListParams {
-            page_size: request.page_size,
-            page_token: request.page_token,
-            filter: request.filter,
-            order_by: request.order_by,
-            show_deleted: request.show_deleted,
-        };
-        let mask = ReadMask::parse(ContactResource::MESSAGE, request.read_mask.as_ref())?;
-        let (contacts, next_page_token) = self.contacts.list(&caller, &params, mask).await?;
+        let mut request = request.into_inner();
+        let params = crate::list_params!(request);
+        let (contacts, next_page_token) = self.contacts.list_one(&caller, &params, request.read_mask.as_ref()).await?;
         Ok(Response::new(api::ListContactsResponse { contacts, next_page_token }))
     }
 
     async fn update_contact(&self, request: Request<api::UpdateContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
-        let items = vec![update_item(request.into_inner())];
-        Ok(Response::new(single(self.contacts.update(&caller, items, false).await?)?))
+        Ok(Response::new(self.contacts.update_one(&caller, request.into_inner()).await?))
     }
 
     async fn delete_contact(&self, request: Request<api::DeleteContactRequest>) -> Reply<api::Contact> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        Ok(Response::new(single(self.contacts.delete(&caller, vec![(request.id, request.etag)], false).await?)?))
+        Ok(Response::new(self.contacts.delete_one(&caller, request.id, request.etag).await?))
     }
 
     async fn undelete_contact(&self, request: Request<api::UndeleteContactRequest>) -> Reply<api::Contact> {
@@ -257,9 +207,7 @@ impl ContactService for ContactApi {
     ) -> Reply<api::BatchGetContactsResponse> {
         let caller = Principal::of(&request)?;
         let request = request.into_inner();
-        check_batch_size(request.ids.len(), MAX_BATCH_GET, "ids")?;
-        let mask = ReadMask::parse(ContactResource::MESSAGE, request.read_mask.as_ref())?;
-        let contacts = self.contacts.get(&caller, &request.ids, mask, true).await?;
+        let contacts = self.contacts.get_batch(&caller, &request.ids, request.read_mask.as_ref()).await?;
         Ok(Response::new(api::BatchGetContactsResponse { contacts }))
     }
 
@@ -268,12 +216,8 @@ impl ContactService for ContactApi {
         request: Request<api::BatchCreateContactsRequest>,
     ) -> Reply<api::BatchCreateContactsResponse> {
         let caller = Principal::of(&request)?;
-        let request = request.into_inner();
-        check_batch_size(request.requests.len(), MAX_BATCH_WRITE, "requests")?;
-        let items = request.requests.into_iter().map(create_item).collect();
-        Ok(Response::new(api::BatchCreateContactsResponse {
-            contacts: self.contacts.create(&caller, items, true).await?,
-        }))
+        let contacts = self.contacts.create_batch(&caller, request.into_inner().requests).await?;
+        Ok(Response::new(api::BatchCreateContactsResponse { contacts }))
     }
 
     async fn batch_update_contacts(
@@ -281,12 +225,8 @@ impl ContactService for ContactApi {
         request: Request<api::BatchUpdateContactsRequest>,
     ) -> Reply<api::BatchUpdateContactsResponse> {
         let caller = Principal::of(&request)?;
-        let request = request.into_inner();
-        check_batch_size(request.requests.len(), MAX_BATCH_WRITE, "requests")?;
-        let items = request.requests.into_iter().map(update_item).collect();
-        Ok(Response::new(api::BatchUpdateContactsResponse {
-            contacts: self.contacts.update(&caller, items, true).await?,
-        }))
+        let contacts = self.contacts.update_batch(&caller, request.into_inner().requests).await?;
+        Ok(Response::new(api::BatchUpdateContactsResponse { contacts }))
     }
 
     async fn batch_delete_contacts(
@@ -294,11 +234,7 @@ impl ContactService for ContactApi {
         request: Request<api::BatchDeleteContactsRequest>,
     ) -> Reply<api::BatchDeleteContactsResponse> {
         let caller = Principal::of(&request)?;
-        let request = request.into_inner();
-        check_batch_size(request.ids.len(), MAX_BATCH_WRITE, "ids")?;
-        let items = request.ids.into_iter().map(|id| (id, String::new())).collect();
-        Ok(Response::new(api::BatchDeleteContactsResponse {
-            contacts: self.contacts.delete(&caller, items, true).await?,
-        }))
+        let contacts = self.contacts.delete_batch(&caller, request.into_inner().ids).await?;
+        Ok(Response::new(api::BatchDeleteContactsResponse { contacts }))
     }
 }

@@ -186,7 +186,9 @@ impl ReadMask {
         }
         let descriptor = descriptor(full_name)?;
         let mut tree = PathTree::default();
-        tree.insert("id");
+        for field in descriptor.fields().filter(identifies) {
+            tree.insert(field.name());
+        }
         for path in &paths {
             walk(&descriptor, path).ok_or_else(|| unknown_path("read_mask", path))?;
             tree.insert(path);
@@ -230,6 +232,14 @@ fn retain(message: &mut DynamicMessage, tree: &PathTree) {
     }
 }
 
+/// Whether a top-level field names the resource in requests: its
+/// `IDENTIFIER` (`id`), or, in a resource without one, its `key` (an
+/// activity type is named by the immutable key chosen on create).
+fn identifies(field: &FieldDescriptor) -> bool {
+    has_behavior(field, Behavior::Identifier)
+        || (field.name() == "key" && !field.parent_message().fields().any(|f| has_behavior(&f, Behavior::Identifier)))
+}
+
 /// A checked update mask of one resource message.
 #[derive(Debug, Clone)]
 pub struct UpdateMask {
@@ -241,7 +251,7 @@ pub struct UpdateMask {
 /// Whether a top-level field may be named by an update: not the identifier,
 /// not output only.
 fn writable(field: &FieldDescriptor) -> bool {
-    !has_behavior(field, Behavior::OutputOnly) && !has_behavior(field, Behavior::Identifier)
+    !has_behavior(field, Behavior::OutputOnly) && !identifies(field)
 }
 
 impl UpdateMask {
@@ -260,7 +270,7 @@ impl UpdateMask {
                 continue;
             }
             let fields = walk(&descriptor, &path).ok_or_else(|| unknown_path("update_mask", &path))?;
-            if fields.iter().any(|f| has_behavior(f, Behavior::Identifier)) {
+            if fields.first().is_some_and(identifies) {
                 return Err(Error::invalid(
                     "update_mask",
                     Reason::FieldImmutable,

@@ -2,6 +2,8 @@
 //! converts the answer back. Shared here: timestamps, request hashes, and
 //! answers built within the response budget (list pages and batch reads).
 
+pub mod activity;
+pub mod activity_type;
 pub mod change;
 pub mod contact;
 pub mod journal;
@@ -19,6 +21,20 @@ use crate::{
     query::{ListPlan, list::anchor_gone, spec::Sql},
     store::{Conn, Db, TxFuture, row_exists},
 };
+
+/// The [`crate::query::ListParams`] of a List request message.
+#[macro_export]
+macro_rules! list_params {
+    ($request:expr) => {
+        $crate::query::ListParams {
+            page_size: $request.page_size,
+            page_token: std::mem::take(&mut $request.page_token),
+            filter: std::mem::take(&mut $request.filter),
+            order_by: std::mem::take(&mut $request.order_by),
+            show_deleted: $request.show_deleted,
+        }
+    };
+}
 
 /// Rows read from the database at a time while an answer is built, so the
 /// memory of one call is bounded by this many rows plus the response budget.
@@ -57,20 +73,26 @@ pub type LoadRows<T> = for<'a, 'b> fn(&'a mut Conn<'b>, &'a Sql) -> TxFuture<'a,
 /// ends early with a next_page_token (a single row over the budget is
 /// `RESOURCE_EXHAUSTED`). A page token whose anchor row no longer exists is
 /// `PAGE_TOKEN_INVALID`, never an empty last page.
-pub async fn list_page<T, P>(
+/// `context` is loaded first, in the same transaction, and handed to every
+/// conversion (the names a resource shows in the caller's language).
+pub async fn list_page<T, P, C, X>(
     db: &Db,
     plan: ListPlan,
     budget_bytes: usize,
     load: LoadRows<T>,
     id: fn(&T) -> &str,
-    convert: impl Fn(T) -> Result<P> + Send + 'static,
+    context: X,
+    convert: impl Fn(T, &C) -> Result<P> + Send + 'static,
 ) -> Result<(Vec<P>, String)>
 where
     T: Send + 'static,
     P: Message + Send + 'static,
+    C: Send + 'static,
+    X: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, C> + Send + 'static,
 {
     db.read(move |conn| {
         Box::pin(async move {
+            let context = context(conn).await?;
             let mut budget = Budget::new(budget_bytes);
             let mut page: Vec<P> = Vec::new();
             let mut anchor = plan.anchor.clone();
@@ -89,7 +111,7 @@ where
                 let mut last: Option<String> = None;
                 for row in rows.into_iter().take(want) {
                     let row_id = id(&row).to_string();
-                    let message = convert(row)?;
+                    let message = convert(row, &context)?;
                     if !budget.take(&message) {
                         return match page.is_empty() {
                             true => Err(Error::ResponseTooLarge { limit: budget_bytes }),

@@ -22,13 +22,14 @@ use crate::{
     domain::{Check, Meta, Stored, new_id, parse_id, parse_request_id, rich_text::RichText},
     error::{Error, Reason, Result},
     feed::Feed,
-    query::{ListParams, ResourceSpec, list, spec::Sql},
+    query::{ListParams, ResourceSpec, list},
     store::{
         self, Conn, Db, TxFuture,
         change::ChangeRow,
         now_micros,
         request_id::{Claim, RequestKey},
         sql_types::JsonText,
+        table::Table,
     },
 };
 
@@ -43,6 +44,11 @@ pub trait Resource: Sized + Send + Sync + 'static {
     type Proto: Message + Default + Clone + Send + Sync + 'static;
     /// Its validated writable fields.
     type Fields: Clone + PartialEq + Send + Sync + 'static;
+    /// Its table's queries.
+    type Table: Table<Self::Fields>;
+    /// What conversions for one caller need from the database (the names
+    /// the resource shows in the caller's language), loaded once per call.
+    type Context: Send + Sync + 'static;
 
     /// The name in errors, e.g. `contact`.
     const NAME: &'static str;
@@ -60,47 +66,61 @@ pub trait Resource: Sized + Send + Sync + 'static {
     /// Validates the writable fields of a message sent by a caller;
     /// violations go to `check` (under its prefix). Output-only fields are ignored.
     fn parse(check: &mut Check, proto: &Self::Proto) -> Self::Fields;
-    /// The stored resource as the API returns it.
+    /// The stored resource as the API returns it, the same for every caller
+    /// (so the change feed keeps it).
     fn to_proto(stored: &Stored<Self::Fields>) -> Self::Proto;
     /// The id a caller sent in a message.
     fn id_of(proto: &Self::Proto) -> &str;
     /// The etag a caller sent in a message.
     fn etag_of(proto: &Self::Proto) -> &str;
 
-    /// The resources of `tenant` among `ids` (missing ones left out); with
-    /// `lock`, locked until the transaction ends (in id order).
-    fn find_many<'a>(
-        conn: &'a mut Conn<'_>,
-        tenant: &'a str,
-        ids: &'a [String],
-        lock: bool,
-    ) -> TxFuture<'a, Vec<Stored<Self::Fields>>>;
-    /// Inserts new resources; a taken id is `ABORTED` (a concurrent create won).
-    fn insert_many<'a>(conn: &'a mut Conn<'_>, rows: &'a [Stored<Self::Fields>]) -> TxFuture<'a, ()>;
-    /// Writes resources whose new state was decided under lock.
-    fn write_many<'a>(conn: &'a mut Conn<'_>, rows: &'a [Stored<Self::Fields>]) -> TxFuture<'a, ()>;
-    /// The rows of a list query.
-    fn list<'a>(conn: &'a mut Conn<'_>, sql: &'a Sql) -> TxFuture<'a, Vec<Stored<Self::Fields>>>;
-    /// Removes up to `limit` resources past their purge time; returns what went.
-    fn purge_expired<'a>(conn: &'a mut Conn<'_>, now: i64, limit: i64) -> TxFuture<'a, Vec<Purged>>;
+    /// The id a caller names a resource by, in its one spelling; `None` for
+    /// an id no resource can have. Ids are UUIDs unless a resource says otherwise.
+    fn parse_key(raw: &str) -> Option<String> {
+        parse_id(raw)
+    }
+    /// The id of a resource being created: a new UUIDv7 unless the resource
+    /// takes its id from its fields.
+    fn new_key(_fields: &Self::Fields) -> String {
+        new_id()
+    }
 
-    /// Rules over the items of one write alone (index in the request, new
-    /// state), checked before the database is asked.
-    fn check_items(_written: &[(usize, Stored<Self::Fields>)], _batch: bool) -> Result<()> {
+    /// Loads the context of conversions for `caller`.
+    fn context<'a>(conn: &'a mut Conn<'_>, caller: &'a Principal) -> TxFuture<'a, Self::Context>;
+    /// Fills what a caller sees beyond [`Resource::to_proto`] (its language's names).
+    fn present(_proto: &mut Self::Proto, _context: &Self::Context) {}
+
+    /// Rules over the mutations of one write alone, checked before the
+    /// database is asked.
+    fn check_items(_mutations: &[Mutation<Self::Fields>], _batch: bool) -> Result<()> {
         Ok(())
     }
 
     /// Rules that need the database, checked inside the writing transaction
-    /// after the items are decided and before they are written.
+    /// after the mutations are decided and before they are written.
     fn check_written<'a>(
         _conn: &'a mut Conn<'_>,
         _tenant: &'a str,
-        _written: &'a [(usize, Stored<Self::Fields>)],
+        _mutations: &'a [Mutation<Self::Fields>],
         _batch: bool,
     ) -> TxFuture<'a, ()> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Keeps what the resource journals beyond the change feed (the
+    /// activities' revisions), in the writing transaction: one entry per
+    /// change, with the comment the call passed.
+    fn journal<'a>(
+        _conn: &'a mut Conn<'_>,
+        _changes: &'a [ChangeRow],
+        _comments: &'a [Option<RichText>],
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }
+
+/// Inserts those of the resources whose id is not taken; returns them.
+pub type InsertMissing<F> = for<'a, 'b> fn(&'a mut Conn<'b>, &'a [Stored<F>]) -> TxFuture<'a, Vec<Stored<F>>>;
 
 /// A purged resource, for its `PURGED` change.
 #[derive(Debug, Clone)]
@@ -135,6 +155,58 @@ pub struct UpdateItem<P> {
     pub comment: Option<api::RichText>,
 }
 
+/// A Create request: the resource it carries and its request_id.
+pub trait CreateRequest: Message + Send + 'static {
+    /// The resource message.
+    type Proto;
+    /// The resource sent, taken out of the request.
+    fn take_resource(&mut self) -> Option<Self::Proto>;
+    /// The request_id field.
+    fn request_id_mut(&mut self) -> &mut String;
+}
+
+/// An Update request.
+pub trait UpdateRequest: Send + 'static {
+    /// The resource message.
+    type Proto;
+    /// The request as an update item.
+    fn into_item(self) -> UpdateItem<Self::Proto>;
+}
+
+/// Implements [`CreateRequest`] and [`UpdateRequest`] for the standard
+/// request messages of a resource whose requests hold it in `$field`.
+#[macro_export]
+macro_rules! standard_requests {
+    ($proto:ty, $field:ident, $create:ty, $update:ty) => {
+        impl $crate::service::resource::CreateRequest for $create {
+            type Proto = $proto;
+            fn take_resource(&mut self) -> Option<$proto> {
+                self.$field.take()
+            }
+            fn request_id_mut(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+        }
+
+        impl $crate::service::resource::UpdateRequest for $update {
+            type Proto = $proto;
+            fn into_item(self) -> $crate::service::resource::UpdateItem<$proto> {
+                $crate::service::resource::UpdateItem {
+                    resource: self.$field,
+                    update_mask: self.update_mask,
+                    allow_missing: self.allow_missing,
+                    comment: self.comment,
+                }
+            }
+        }
+    };
+}
+
+/// The one answer of a single call.
+pub fn single<T>(mut answer: Vec<T>) -> Result<T> {
+    answer.pop().ok_or_else(|| Error::Internal("a single call answered nothing".into()))
+}
+
 /// Where a batch item's errors point: `requests[3].` in a batch, nothing for a single call.
 pub fn item_prefix(batch: bool, list: &str, index: usize) -> String {
     if batch { format!("{list}[{index}].") } else { String::new() }
@@ -157,12 +229,25 @@ pub fn check_batch_size(count: usize, max: usize, field: &str) -> Result<()> {
 
 /// One mutation decided inside a transaction: the resource before (none for
 /// a create) and after, and what kind of change it is.
-struct Mutation<F> {
-    index: usize,
-    before: Option<Stored<F>>,
-    after: Stored<F>,
-    kind: api::ChangeKind,
-    request_id: Option<String>,
+pub struct Mutation<F> {
+    /// The item's index in the request.
+    pub index: usize,
+    /// The resource before; `None` for a create.
+    pub before: Option<Stored<F>>,
+    /// The resource after.
+    pub after: Stored<F>,
+    /// What kind of change it is.
+    pub kind: api::ChangeKind,
+    /// The call's request id, for creates that had one.
+    pub request_id: Option<String>,
+    /// The comment passed with the change.
+    pub comment: Option<RichText>,
+}
+
+impl<F> Mutation<F> {
+    fn new(index: usize, before: Option<Stored<F>>, after: Stored<F>, kind: api::ChangeKind) -> Self {
+        Mutation { index, before, after, kind, request_id: None, comment: None }
+    }
 }
 
 /// The shared operations of one resource type.
@@ -204,44 +289,49 @@ impl<R: Resource> Pipeline<R> {
     }
 
     /// Runs `decide` in one transaction, writes what it decided, appends one
-    /// Change per mutation, and wakes the tenant's watchers once committed.
-    async fn commit<T, D>(&self, tenant: String, batch: bool, decide: D) -> Result<T>
+    /// Change per mutation (and the resource's own journal), presents the
+    /// answer to the caller, and wakes the tenant's watchers once committed.
+    async fn commit<D>(&self, caller: &Principal, batch: bool, decide: D) -> Result<Vec<R::Proto>>
     where
-        T: Send + 'static,
-        D: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, (Vec<Mutation<R::Fields>>, T)> + Send + 'static,
+        D: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, (Vec<Mutation<R::Fields>>, Vec<R::Proto>)>
+            + Send
+            + 'static,
     {
         let feed = self.feed.clone();
+        let caller = caller.clone();
         let woken = self
             .db
             .write_and_then(
                 move |c| {
                     Box::pin(async move {
-                        let (mutations, answer) = decide(c).await?;
-                        let written: Vec<(usize, Stored<R::Fields>)> =
-                            mutations.iter().map(|m| (m.index, m.after.clone())).collect();
-                        let created: Vec<Stored<R::Fields>> =
-                            mutations.iter().filter(|m| m.before.is_none()).map(|m| m.after.clone()).collect();
-                        let updated: Vec<Stored<R::Fields>> =
-                            mutations.iter().filter(|m| m.before.is_some()).map(|m| m.after.clone()).collect();
-                        R::check_items(&written, batch)?;
-                        R::check_written(c, &tenant, &written, batch).await?;
+                        let (mutations, mut answer) = decide(c).await?;
+                        R::check_items(&mutations, batch)?;
+                        R::check_written(c, &caller.tenant, &mutations, batch).await?;
                         // A resource that did not exist is inserted, never upserted: of
                         // concurrent creates of one id exactly one wins, the others fail
                         // on its key (ABORTED) instead of overwriting it. Rows are
                         // written in id order, so concurrent batches cannot deadlock.
-                        let mut created = created;
-                        let mut updated = updated;
+                        let mut created: Vec<Stored<R::Fields>> =
+                            mutations.iter().filter(|m| m.before.is_none()).map(|m| m.after.clone()).collect();
+                        let mut updated: Vec<Stored<R::Fields>> =
+                            mutations.iter().filter(|m| m.before.is_some()).map(|m| m.after.clone()).collect();
                         created.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
                         updated.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-                        R::insert_many(c, &created).await?;
-                        R::write_many(c, &updated).await?;
-                        let changes = mutations.iter().map(|m| journal_entry::<R>(m)).collect::<Result<Vec<_>>>()?;
+                        R::Table::insert_many(c, &created).await?;
+                        R::Table::write_many(c, &updated).await?;
+                        let changes = mutations.iter().map(journal_entry::<R>).collect::<Result<Vec<_>>>()?;
+                        let comments: Vec<Option<RichText>> = mutations.into_iter().map(|m| m.comment).collect();
+                        R::journal(c, &changes, &comments).await?;
                         let woken = store::change::append(c, changes).await?;
+                        let context = R::context(c, &caller).await?;
+                        for proto in &mut answer {
+                            R::present(proto, &context);
+                        }
                         Ok((woken, answer))
                     })
                 },
                 // Watchers are woken by the committing task, also when the call is gone.
-                move |(woken, _): &(Vec<String>, T)| feed.committed(woken),
+                move |(woken, _): &(Vec<String>, Vec<R::Proto>)| feed.committed(woken),
             )
             .await?;
         Ok(woken.1)
@@ -270,7 +360,8 @@ impl<R: Resource> Pipeline<R> {
             let request_id = parse_request_id(&mut check_id, "request_id", &item.request_id);
             let fields = check.finish(fields)?;
             check_id.finish(())?;
-            let stored = Stored { meta: Meta::new(&caller.tenant, new_id(), &caller.subject, now), fields };
+            let key = R::new_key(&fields);
+            let stored = Stored { meta: Meta::new(&caller.tenant, key, &caller.subject, now), fields };
             if let Some(request_id) = request_id {
                 if let Some((first, _)) = keys.iter().find(|(_, k)| k.request_id == request_id) {
                     return Err(Error::invalid(
@@ -290,7 +381,7 @@ impl<R: Resource> Pipeline<R> {
         }
         let indexed: Vec<(usize, Stored<R::Fields>)> = new.into_iter().enumerate().collect();
         let tenant = caller.tenant.clone();
-        self.commit(tenant.clone(), batch, move |c| {
+        self.commit(caller, batch, move |c| {
             Box::pin(async move {
                 let request_keys: Vec<RequestKey> = keys.iter().map(|(_, k)| k.clone()).collect();
                 let claims = store::request_id::claim_many(c, &tenant, R::CREATE, &request_keys, now).await?;
@@ -308,7 +399,7 @@ impl<R: Resource> Pipeline<R> {
                 }
                 let mut ids: Vec<String> = replayed.values().cloned().collect();
                 ids.sort();
-                let earlier = R::find_many(c, &tenant, &ids, false).await?;
+                let earlier = R::Table::find_many(c, &tenant, &ids, false).await?;
                 let mut mutations = Vec::new();
                 let mut answer = Vec::with_capacity(indexed.len());
                 for (i, stored) in indexed {
@@ -320,13 +411,9 @@ impl<R: Resource> Pipeline<R> {
                         }
                         None => {
                             answer.push(R::to_proto(&stored));
-                            mutations.push(Mutation {
-                                index: i,
-                                before: None,
-                                after: stored,
-                                kind: api::ChangeKind::Created,
-                                request_id: request_ids.remove(&i),
-                            });
+                            let mut mutation = Mutation::new(i, None, stored, api::ChangeKind::Created);
+                            mutation.request_id = request_ids.remove(&i);
+                            mutations.push(mutation);
                         }
                     }
                 }
@@ -334,6 +421,90 @@ impl<R: Resource> Pipeline<R> {
             })
         })
         .await
+    }
+
+    fn create_item<Q: CreateRequest<Proto = R::Proto>>(mut request: Q) -> CreateItem<R::Proto> {
+        let request_id = std::mem::take(request.request_id_mut());
+        let request_hash = super::request_hash(R::CREATE, &request);
+        CreateItem { resource: request.take_resource(), request_id, request_hash }
+    }
+
+    /// Create.
+    pub async fn create_one<Q: CreateRequest<Proto = R::Proto>>(
+        &self,
+        caller: &Principal,
+        request: Q,
+    ) -> Result<R::Proto> {
+        single(self.create(caller, vec![Self::create_item(request)], false).await?)
+    }
+
+    /// BatchCreate.
+    pub async fn create_batch<Q: CreateRequest<Proto = R::Proto>>(
+        &self,
+        caller: &Principal,
+        requests: Vec<Q>,
+    ) -> Result<Vec<R::Proto>> {
+        check_batch_size(requests.len(), MAX_BATCH_WRITE, "requests")?;
+        self.create(caller, requests.into_iter().map(Self::create_item).collect(), true).await
+    }
+
+    /// Update.
+    pub async fn update_one<Q: UpdateRequest<Proto = R::Proto>>(
+        &self,
+        caller: &Principal,
+        request: Q,
+    ) -> Result<R::Proto> {
+        single(self.update(caller, vec![request.into_item()], false).await?)
+    }
+
+    /// BatchUpdate.
+    pub async fn update_batch<Q: UpdateRequest<Proto = R::Proto>>(
+        &self,
+        caller: &Principal,
+        requests: Vec<Q>,
+    ) -> Result<Vec<R::Proto>> {
+        check_batch_size(requests.len(), MAX_BATCH_WRITE, "requests")?;
+        self.update(caller, requests.into_iter().map(UpdateRequest::into_item).collect(), true).await
+    }
+
+    /// Delete, with an optional etag.
+    pub async fn delete_one(&self, caller: &Principal, id: String, etag: String) -> Result<R::Proto> {
+        single(self.delete(caller, vec![(id, etag)], false).await?)
+    }
+
+    /// BatchDelete.
+    pub async fn delete_batch(&self, caller: &Principal, ids: Vec<String>) -> Result<Vec<R::Proto>> {
+        check_batch_size(ids.len(), MAX_BATCH_WRITE, "ids")?;
+        self.delete(caller, ids.into_iter().map(|id| (id, String::new())).collect(), true).await
+    }
+
+    /// Get.
+    pub async fn get_one(&self, caller: &Principal, id: String, read_mask: Option<&FieldMask>) -> Result<R::Proto> {
+        let mask = ReadMask::parse(R::MESSAGE, read_mask)?;
+        single(self.get(caller, &[id], mask, false).await?)
+    }
+
+    /// BatchGet.
+    pub async fn get_batch(
+        &self,
+        caller: &Principal,
+        ids: &[String],
+        read_mask: Option<&FieldMask>,
+    ) -> Result<Vec<R::Proto>> {
+        check_batch_size(ids.len(), MAX_BATCH_GET, "ids")?;
+        let mask = ReadMask::parse(R::MESSAGE, read_mask)?;
+        self.get(caller, ids, mask, true).await
+    }
+
+    /// List: one page and the next page's token.
+    pub async fn list_one(
+        &self,
+        caller: &Principal,
+        params: &ListParams,
+        read_mask: Option<&FieldMask>,
+    ) -> Result<(Vec<R::Proto>, String)> {
+        let mask = ReadMask::parse(R::MESSAGE, read_mask)?;
+        self.list(caller, params, mask).await
     }
 
     /// Updates (or, with allow_missing, creates) resources, all or none.
@@ -349,6 +520,7 @@ impl<R: Resource> Pipeline<R> {
             sent: P,
             mask: UpdateMask,
             allow_missing: bool,
+            comment: Option<RichText>,
         }
         let mut parsed: Vec<Item<R::Proto>> = Vec::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
@@ -358,22 +530,25 @@ impl<R: Resource> Pipeline<R> {
                 .resource
                 .ok_or_else(|| Error::invalid(&field, Reason::FieldRequired, format!("{field} is required.")))?;
             let raw_id = R::id_of(&sent);
-            let id = match parse_id(raw_id) {
+            let id = match R::parse_key(raw_id) {
                 Some(id) => id,
                 None if item.allow_missing || raw_id.trim().is_empty() => {
                     return Err(Error::invalid(
                         format!("{field}.id"),
                         Reason::FieldInvalid,
-                        format!("{field}.id must be the UUID of the {} to update.", R::NAME),
+                        format!("{field}.id must be the id of the {} to update.", R::NAME),
                     ));
                 }
                 None => return Err(Self::not_found(raw_id, Some(format!("{field}.id")))),
             };
-            if let Some(comment) = &item.comment {
-                let mut check = Check::new(prefix.clone());
-                RichText::parse(&mut check, "comment", comment.format, &comment.raw);
-                check.finish(())?;
-            }
+            let comment = match &item.comment {
+                Some(comment) => {
+                    let mut check = Check::new(prefix.clone());
+                    let parsed = RichText::parse(&mut check, "comment", comment.format, &comment.raw);
+                    check.finish(Some(parsed).filter(|c| !c.raw.is_empty()))?
+                }
+                None => None,
+            };
             let mask = UpdateMask::parse(R::MESSAGE, item.update_mask.as_ref()).map_err(|e| e.prefixed(&prefix))?;
             if let Some(first) = parsed.iter().position(|other| other.id == id) {
                 return Err(Error::invalid(
@@ -382,15 +557,15 @@ impl<R: Resource> Pipeline<R> {
                     format!("{field}.id repeats requests[{first}]; update each {} once per batch.", R::NAME),
                 ));
             }
-            parsed.push(Item { prefix, id, sent, mask, allow_missing: item.allow_missing });
+            parsed.push(Item { prefix, id, sent, mask, allow_missing: item.allow_missing, comment });
         }
-        let caller = caller.clone();
-        self.commit(caller.tenant.clone(), batch, move |c| {
+        let (owner, caller) = (caller, caller.clone());
+        self.commit(owner, batch, move |c| {
             Box::pin(async move {
                 let now = now_micros();
                 let mut ids: Vec<String> = parsed.iter().map(|item| item.id.clone()).collect();
                 ids.sort();
-                let current: HashMap<String, Stored<R::Fields>> = R::find_many(c, &caller.tenant, &ids, true)
+                let current: HashMap<String, Stored<R::Fields>> = R::Table::find_many(c, &caller.tenant, &ids, true)
                     .await?
                     .into_iter()
                     .map(|stored| (stored.meta.id.clone(), stored))
@@ -420,17 +595,11 @@ impl<R: Resource> Pipeline<R> {
                         _ => {
                             let after = Stored { meta, fields };
                             answer.push(R::to_proto(&after));
-                            mutations.push(Mutation {
-                                index,
-                                kind: if existing.is_some() {
-                                    api::ChangeKind::Updated
-                                } else {
-                                    api::ChangeKind::Created
-                                },
-                                before: existing.cloned(),
-                                after,
-                                request_id: None,
-                            });
+                            let kind =
+                                if existing.is_some() { api::ChangeKind::Updated } else { api::ChangeKind::Created };
+                            let mut mutation = Mutation::new(index, existing.cloned(), after, kind);
+                            mutation.comment = item.comment.clone();
+                            mutations.push(mutation);
                         }
                     }
                 }
@@ -445,7 +614,7 @@ impl<R: Resource> Pipeline<R> {
         let field = move |i: usize| batch.then(|| format!("ids[{i}]"));
         let mut ids = Vec::with_capacity(items.len());
         for (i, (raw, _)) in items.iter().enumerate() {
-            let id = parse_id(raw).ok_or_else(|| Self::not_found(raw, field(i)))?;
+            let id = R::parse_key(raw).ok_or_else(|| Self::not_found(raw, field(i)))?;
             if let Some(first) = ids.iter().position(|other| *other == id) {
                 return Err(Error::invalid(
                     format!("ids[{i}]"),
@@ -455,13 +624,13 @@ impl<R: Resource> Pipeline<R> {
             }
             ids.push(id);
         }
-        let (caller, retention) = (caller.clone(), self.retention_micros);
-        self.commit(caller.tenant.clone(), batch, move |c| {
+        let (owner, caller, retention) = (caller, caller.clone(), self.retention_micros);
+        self.commit(owner, batch, move |c| {
             Box::pin(async move {
                 let now = now_micros();
                 let mut sorted = ids.clone();
                 sorted.sort();
-                let current = R::find_many(c, &caller.tenant, &sorted, true).await?;
+                let current = R::Table::find_many(c, &caller.tenant, &sorted, true).await?;
                 let mut answer = Vec::with_capacity(ids.len());
                 let mut mutations = Vec::new();
                 for (i, (id, (raw, etag))) in ids.iter().zip(&items).enumerate() {
@@ -472,13 +641,7 @@ impl<R: Resource> Pipeline<R> {
                         Some(meta) => {
                             let after = Stored { meta, fields: existing.fields.clone() };
                             answer.push(R::to_proto(&after));
-                            mutations.push(Mutation {
-                                index: i,
-                                before: Some(existing.clone()),
-                                after,
-                                kind: api::ChangeKind::Deleted,
-                                request_id: None,
-                            });
+                            mutations.push(Mutation::new(i, Some(existing.clone()), after, api::ChangeKind::Deleted));
                         }
                         None => answer.push(R::to_proto(existing)),
                     }
@@ -491,26 +654,40 @@ impl<R: Resource> Pipeline<R> {
 
     /// Restores a soft-deleted resource.
     pub async fn undelete(&self, caller: &Principal, raw: &str) -> Result<R::Proto> {
-        let id = parse_id(raw).ok_or_else(|| Self::not_found(raw, None))?;
-        let (caller, raw) = (caller.clone(), raw.to_string());
-        self.commit(caller.tenant.clone(), false, move |c| {
-            Box::pin(async move {
-                let current = R::find_many(c, &caller.tenant, std::slice::from_ref(&id), true).await?;
-                let existing = current.into_iter().next().ok_or_else(|| Self::not_found(&raw, None))?;
-                let meta = existing.meta.undeleted(R::NAME, &caller.subject, now_micros())?;
-                let after = Stored { meta, fields: existing.fields.clone() };
-                let answer = R::to_proto(&after);
-                let mutation = Mutation {
-                    index: 0,
-                    before: Some(existing),
-                    after,
-                    kind: api::ChangeKind::Undeleted,
-                    request_id: None,
-                };
-                Ok((vec![mutation], answer))
-            })
+        let actor = caller.subject.clone();
+        self.modify(caller, raw, api::ChangeKind::Undeleted, move |existing| {
+            let meta = existing.meta.undeleted(R::NAME, &actor, now_micros())?;
+            Ok(Some(Stored { meta, fields: existing.fields.clone() }))
         })
         .await
+    }
+
+    /// Changes one resource under lock as `change` decides: `None` changes
+    /// nothing (no revision, no Change), else its new state, journaled as
+    /// `kind` unless it equals the old one. What the single-purpose RPCs
+    /// (undelete, participants, completing a task) are written with.
+    pub async fn modify<F>(&self, caller: &Principal, raw: &str, kind: api::ChangeKind, change: F) -> Result<R::Proto>
+    where
+        F: FnOnce(&Stored<R::Fields>) -> Result<Option<Stored<R::Fields>>> + Send + 'static,
+    {
+        let id = R::parse_key(raw).ok_or_else(|| Self::not_found(raw, None))?;
+        let (tenant, raw) = (caller.tenant.clone(), raw.to_string());
+        let answer = self
+            .commit(caller, false, move |c| {
+                Box::pin(async move {
+                    let current = R::Table::find_many(c, &tenant, std::slice::from_ref(&id), true).await?;
+                    let existing = current.into_iter().next().ok_or_else(|| Self::not_found(&raw, None))?;
+                    match change(&existing)? {
+                        Some(after) if after != existing => {
+                            let answer = vec![R::to_proto(&after)];
+                            Ok((vec![Mutation::new(0, Some(existing), after, kind)], answer))
+                        }
+                        _ => Ok((Vec::new(), vec![R::to_proto(&existing)])),
+                    }
+                })
+            })
+            .await?;
+        answer.into_iter().next().ok_or_else(|| Error::Internal("a single change answered nothing".into()))
     }
 
     /// Resources by id, in the order asked, masked and held to the response
@@ -522,14 +699,15 @@ impl<R: Resource> Pipeline<R> {
         let parsed = ids
             .iter()
             .enumerate()
-            .map(|(i, raw)| parse_id(raw).ok_or_else(|| Self::not_found(raw, field(i))))
+            .map(|(i, raw)| R::parse_key(raw).ok_or_else(|| Self::not_found(raw, field(i))))
             .collect::<Result<Vec<_>>>()?;
-        let tenant = caller.tenant.clone();
+        let (caller, tenant) = (caller.clone(), caller.tenant.clone());
         let limit = self.max_response_bytes;
         let raw_ids = ids.to_vec();
         self.db
             .read(move |c| {
                 Box::pin(async move {
+                    let context = R::context(c, &caller).await?;
                     let mut budget = Budget::new(limit);
                     let mut answer = Vec::with_capacity(parsed.len());
                     // Converted resources; each is in the answer, so the budget bounds them.
@@ -539,8 +717,10 @@ impl<R: Resource> Pipeline<R> {
                             chunk.iter().filter(|id| !converted.contains_key(*id)).cloned().collect();
                         wanted.sort();
                         wanted.dedup();
-                        for stored in R::find_many(c, &tenant, &wanted, false).await? {
-                            converted.insert(stored.meta.id.clone(), mask.apply(R::to_proto(&stored))?);
+                        for stored in R::Table::find_many(c, &tenant, &wanted, false).await? {
+                            let mut proto = R::to_proto(&stored);
+                            R::present(&mut proto, &context);
+                            converted.insert(stored.meta.id.clone(), mask.apply(proto)?);
                         }
                         for (offset, id) in chunk.iter().enumerate() {
                             let i = chunk_index * CHUNK_ROWS + offset;
@@ -568,10 +748,49 @@ impl<R: Resource> Pipeline<R> {
         fn id_of<F>(stored: &Stored<F>) -> &str {
             stored.meta.id.as_str()
         }
-        list_page(&self.db, plan, self.max_response_bytes, R::list, id_of, move |stored| {
-            mask.apply(R::to_proto(&stored))
+        let context = context_loader::<R>(caller.clone());
+        list_page(&self.db, plan, self.max_response_bytes, R::Table::list, id_of, context, move |stored, context| {
+            let mut proto = R::to_proto(&stored);
+            R::present(&mut proto, context);
+            mask.apply(proto)
         })
         .await
+    }
+
+    /// Creates, as the server itself (actor ""), those of `fields` whose id
+    /// is not taken yet: `insert` skips taken ids, so calls racing on any
+    /// replica create each once. Each created one gets its Change. Returns
+    /// how many were created.
+    pub async fn create_missing(
+        &self,
+        tenant: &str,
+        fields: Vec<R::Fields>,
+        insert: InsertMissing<R::Fields>,
+    ) -> Result<usize> {
+        let now = now_micros();
+        let rows: Vec<Stored<R::Fields>> = fields
+            .into_iter()
+            .map(|fields| Stored { meta: Meta::new(tenant, R::new_key(&fields), "", now), fields })
+            .collect();
+        let feed = self.feed.clone();
+        let created = self
+            .db
+            .write_and_then(
+                move |c| {
+                    Box::pin(async move {
+                        let inserted = insert(c, &rows).await?;
+                        let changes = inserted
+                            .into_iter()
+                            .map(|after| journal_entry::<R>(&Mutation::new(0, None, after, api::ChangeKind::Created)))
+                            .collect::<Result<Vec<_>>>()?;
+                        let count = changes.len();
+                        Ok((store::change::append(c, changes).await?, count))
+                    })
+                },
+                move |(woken, _): &(Vec<String>, usize)| feed.committed(woken),
+            )
+            .await?;
+        Ok(created.1)
     }
 
     /// Purges soft-deleted resources past their purge time, a bounded batch
@@ -587,7 +806,7 @@ impl<R: Resource> Pipeline<R> {
                     |c| {
                         Box::pin(async move {
                             let now = now_micros();
-                            let purged = R::purge_expired(c, now, BATCH).await?;
+                            let purged = R::Table::purge_expired(c, now, BATCH).await?;
                             let count = purged.len();
                             let changes = purged
                                 .into_iter()
@@ -620,8 +839,27 @@ impl<R: Resource> Pipeline<R> {
     }
 }
 
+/// A resource type whose soft-deleted resources are purged.
+pub trait Purge: Send + Sync {
+    /// Purges what is past its purge time; returns how many went.
+    fn purge(&self) -> futures::future::BoxFuture<'_, Result<usize>>;
+}
+
+impl<R: Resource> Purge for Pipeline<R> {
+    fn purge(&self) -> futures::future::BoxFuture<'_, Result<usize>> {
+        Box::pin(self.purge_expired())
+    }
+}
+
+/// Loads a resource's conversion context for `caller` in a transaction.
+fn context_loader<R: Resource>(
+    caller: Principal,
+) -> impl for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, R::Context> + Send + 'static {
+    move |c| Box::pin(async move { R::context(c, &caller).await })
+}
+
 /// The Change a mutation appends: its diff and the resource after it.
-fn journal_entry<R: Resource>(mutation: &Mutation<R::Fields>) -> Result<ChangeRow> {
+pub(crate) fn journal_entry<R: Resource>(mutation: &Mutation<R::Fields>) -> Result<ChangeRow> {
     let after = R::to_proto(&mutation.after);
     let before = mutation.before.as_ref().map(R::to_proto);
     Ok(ChangeRow {

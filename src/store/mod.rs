@@ -2,11 +2,14 @@
 //! written for both (the [`dispatch!`] macro over [`Conn`]), transactions and
 //! migrations. One module per resource holds that resource's queries.
 
+pub mod activity;
+pub mod activity_type;
 pub mod change;
 pub mod contact;
 pub mod request_id;
 pub mod schema;
 pub mod sql_types;
+pub mod table;
 
 use std::{future::Future, pin::Pin, time::Duration};
 

@@ -71,3 +71,85 @@ diesel::table! {
         resource -> Nullable<Binary>,
     }
 }
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::Json;
+
+    /// Activity types of all tenants; `id` is the type's key.
+    activity_types (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Text,
+        display_name -> Text,
+        localized_names -> Json,
+        sort_order -> Integer,
+        system -> Bool,
+        revision -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+        delete_time -> Nullable<BigInt>,
+        purge_time -> Nullable<BigInt>,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::Json;
+
+    /// Activities of all tenants.
+    activities (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Text,
+        activity_type -> Text,
+        subject -> Text,
+        details_format -> Integer,
+        details_raw -> Text,
+        details_html -> Text,
+        status -> Integer,
+        priority -> Integer,
+        occur_time -> BigInt,
+        due_time -> Nullable<BigInt>,
+        duration -> Nullable<BigInt>,
+        location -> Text,
+        phone_number -> Text,
+        medium -> Integer,
+        parent_id -> Nullable<Text>,
+        source_contact_id -> Nullable<Text>,
+        assignee_user_id -> Text,
+        assignee_group -> Text,
+        participants -> Json,
+        related -> Json,
+        custom_fields -> Json,
+        is_test -> Bool,
+        is_auto -> Bool,
+        result -> Text,
+        revision -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+        delete_time -> Nullable<BigInt>,
+        purge_time -> Nullable<BigInt>,
+        created_by -> Text,
+        updated_by -> Text,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use crate::store::sql_types::Json;
+
+    /// The revision journal of activities.
+    activity_revisions (tenant_id, activity_id, revision) {
+        tenant_id -> Text,
+        activity_id -> Text,
+        revision -> BigInt,
+        kind -> Integer,
+        actor -> Text,
+        time -> BigInt,
+        diff -> Json,
+        comment_format -> Integer,
+        comment_raw -> Text,
+        comment_html -> Text,
+    }
+}

@@ -15,7 +15,11 @@ use std::{
 };
 
 use agenda::{
-    api::{change_service_client::ChangeServiceClient, contact_service_client::ContactServiceClient},
+    api::{
+        ActivityRevision, BatchCreateContactsRequest, Change, Contact, CreateContactRequest,
+        ListActivityRevisionsRequest, ListChangesRequest, ResourceType, activity_service_client::ActivityServiceClient,
+        change_service_client::ChangeServiceClient, contact_service_client::ContactServiceClient,
+    },
     config::{Options, Settings},
     startup::Application,
 };
@@ -147,6 +151,24 @@ pub fn contacts_on(channel: Channel, tenant: &str) -> Contacts {
     ContactServiceClient::with_interceptor(channel, bearer)
 }
 
+/// An activity client.
+pub type Activities = ActivityServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An activity client on `channel` for `tenant`, subject `user-1`, with the
+/// activity and contact write scopes.
+pub fn activities_on(channel: Channel, tenant: &str) -> Activities {
+    let scopes = "activities.write contacts.write";
+    let bearer = Bearer(Some(format!("Bearer {}", token(tenant, scopes)).parse().expect("ascii token")));
+    ActivityServiceClient::with_interceptor(channel, bearer)
+}
+
+/// `message` as a request that sends `accept-language: lang`.
+pub fn with_language<T>(message: T, lang: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("accept-language", lang.parse().expect("an ascii language tag"));
+    request
+}
+
 impl TestApp {
     /// A contact client sending `token` (none when `None`).
     pub fn contacts_with(&self, token: Option<&str>) -> Contacts {
@@ -176,6 +198,23 @@ impl TestApp {
         changes_on(self.channel.clone(), tenant)
     }
 
+    /// An activity client for `tenant` with the activity and contact write scopes.
+    pub fn activities(&self, tenant: &str) -> Activities {
+        activities_on(self.channel.clone(), tenant)
+    }
+
+    /// An activity client sending `token` (none when `None`).
+    pub fn activities_with(&self, token: Option<&str>) -> Activities {
+        let bearer = Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")));
+        ActivityServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// An activity client for `tenant`, subject `user-1`, with
+    /// `activities.write` and `admin` (activity types, any revision comment).
+    pub fn activity_admin(&self, tenant: &str) -> Activities {
+        self.activities_with(Some(&token(tenant, "activities.write admin")))
+    }
+
     /// A change-feed client sending `token`.
     pub fn changes_with(&self, token: &str) -> Changes {
         let bearer = Bearer(Some(format!("Bearer {token}").parse().expect("ascii token")));
@@ -201,6 +240,106 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) -> ErrorInfo {
     assert_eq!(info.domain, "agenda");
     assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
     info
+}
+
+/// Asserts `code` and `reason` as [`assert_error`] does, and that the
+/// ErrorInfo names `field`.
+pub fn assert_field_error(status: &Status, code: Code, reason: &str, field: &str) {
+    let info = assert_error(status, code, reason);
+    assert_eq!(info.metadata.get("field").map(String::as_str), Some(field), "{status:?}");
+}
+
+/// Asserts that nothing in `html` would run: no script, style, frame, SVG
+/// or MathML, no event handler, no `javascript:` URL (also not with
+/// whitespace or control characters inside it).
+pub fn assert_safe_html(html: &str, context: &str) {
+    const FORBIDDEN: &[&str] =
+        &["<script", "onerror", "onload", "onclick", "javascript:", "<iframe", "<svg", "<object", "<style", "<math"];
+    let lower = html.to_lowercase();
+    for bad in FORBIDDEN {
+        assert!(!lower.contains(bad), "{context}: {bad:?} survived in {html:?}");
+    }
+    let squeezed: String = lower.chars().filter(|c| !c.is_whitespace() && !c.is_control()).collect();
+    assert!(!squeezed.contains("javascript:"), "{context}: a javascript: URL survived in {html:?}");
+}
+
+/// Creates `count` contacts in `tenant` and returns their ids, in order.
+pub async fn new_contacts(app: &TestApp, tenant: &str, count: usize) -> Vec<String> {
+    let requests = (0..count)
+        .map(|i| CreateContactRequest {
+            contact: Some(Contact { display_name: format!("Contact {i}"), ..Default::default() }),
+            request_id: String::new(),
+        })
+        .collect();
+    let created = app
+        .contacts(tenant)
+        .batch_create_contacts(BatchCreateContactsRequest { requests })
+        .await
+        .expect("create contacts")
+        .into_inner();
+    created.contacts.into_iter().map(|c| c.id).collect()
+}
+
+/// The whole revision journal of an activity, oldest first.
+pub async fn all_revisions(client: &mut Activities, activity_id: &str) -> Vec<ActivityRevision> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_activity_revisions(ListActivityRevisionsRequest {
+                activity_id: activity_id.into(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("list revisions")
+            .into_inner();
+        out.extend(page.activity_revisions);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The changes of `resource_type` about `resource_id` in the client's
+/// tenant, once there are at least `count` of them (on PostgreSQL a change
+/// is readable once every older transaction has ended: a moment after its
+/// commit). To show that a call appended nothing, make a later change and
+/// wait for that one: what is visible then is all there is before it.
+pub async fn changes_of(
+    changes: &mut Changes,
+    resource_type: ResourceType,
+    resource_id: &str,
+    count: usize,
+) -> Vec<Change> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut feed = Vec::new();
+        let mut start_after = 0;
+        loop {
+            let page = changes
+                .list_changes(ListChangesRequest {
+                    start_after,
+                    page_size: 1000,
+                    resource_types: vec![resource_type as i32],
+                    include_resources: false,
+                })
+                .await
+                .expect("list changes")
+                .into_inner();
+            feed.extend(page.changes.into_iter().filter(|c| c.resource_id == resource_id));
+            if page.next_start_after <= start_after {
+                break;
+            }
+            start_after = page.next_start_after;
+        }
+        if feed.len() >= count {
+            return feed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {count} changes: {feed:?}", feed.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The fields of every BadRequest violation of `status`, in order.

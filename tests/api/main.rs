@@ -4,6 +4,9 @@
 #[macro_use]
 mod backends;
 
+mod activities;
+mod activity_revisions;
+mod activity_types;
 mod auth;
 mod changes;
 mod contact_batches;

@@ -1,0 +1,3 @@
+DROP TABLE activity_revisions;
+DROP TABLE activities;
+DROP TABLE activity_types;
