@@ -94,7 +94,7 @@ async fn seed(conn: &mut AsyncPgConnection, tenants: i64, activities: i64) -> an
             "INSERT INTO activities (tenant_id, id, activity_type, subject, status, priority, occur_time, \
                participants, revision, create_time, update_time, created_by, updated_by) \
              SELECT 't' || t, md5(t || '/' || i)::uuid::text, \
-               (ARRAY['call','note','meeting','email'])[i % 4 + 1], 'Activity ' || i, 1, 2, i * 60000000, \
+               (ARRAY['call','note','meeting','email'])[i % 4 + 1], 'Activity ' || i, 1, 2, i::bigint * 60000000, \
                jsonb_build_array( \
                  jsonb_build_object('contact_id', 'c-' || t || '-' || (i % {CONTACTS} + 1), 'role', 'target'), \
                  jsonb_build_object('contact_id', 'c-' || t || '-' || ((i * 7) % {CONTACTS} + 1), 'role', 'source')), \

@@ -25,6 +25,7 @@ on_both_backends!(
     create_round_trips_every_field,
     invalid_activities_are_refused_field_by_field_and_change_nothing,
     details_are_sanitized_in_every_format,
+    details_nested_too_deeply_are_refused,
     plain_details_are_escaped_and_html_keeps_safe_markup,
     a_mask_changes_only_the_fields_it_names,
     a_priority_change_makes_a_revision,
@@ -500,6 +501,28 @@ fn assert_clean(format: TextFormat, rich: &RichText, context: &str) {
     } else {
         assert_safe_html(&rich.html, context);
     }
+}
+
+/// The sanitizer's tree builder takes time quadratic in nesting: 64 KiB of
+/// `>` took 34 s to sanitize before text was held to 100 levels.
+async fn details_nested_too_deeply_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut client = app.activities("t1");
+    let deep = [
+        (TextFormat::Markdown, ">".repeat(65_536)),
+        (TextFormat::Markdown, "<div>".repeat(13_000)),
+        (TextFormat::Html, "<ul><li>".repeat(8_000)),
+    ];
+    for (format, raw) in &deep {
+        let sent = Activity { details: details(*format, raw), ..activity("Deep") };
+        let status = client.create_activity(create(sent)).await.unwrap_err();
+        assert_field_error(&status, Code::InvalidArgument, "FIELD_INVALID", "activity.details.raw");
+    }
+    assert!(everything(&mut client).await.is_empty(), "nothing was created");
+    let quoted = format!("{}Still fine", ">".repeat(40));
+    let kept =
+        create_ok(&mut client, Activity { details: details(TextFormat::Markdown, &quoted), ..activity("Ok") }).await;
+    assert!(kept.details.expect("details").html.contains("Still fine"));
 }
 
 async fn details_are_sanitized_in_every_format(backend: Backend) {
