@@ -13,7 +13,8 @@ use prost_types::{FieldMask, Value, value::Kind};
 use tonic::{Code, Request};
 
 use crate::helpers::{
-    Activities, Backend, assert_error, assert_field_error, changes_of, spawn_app, violation_fields, with_language,
+    Activities, Backend, assert_error, assert_field_error, changes_of, count_rows, spawn_app, spawn_app_with,
+    violation_fields, with_language,
 };
 
 on_both_backends!(
@@ -30,6 +31,7 @@ on_both_backends!(
     system_types_cannot_be_deleted,
     type_changes_appear_in_the_feed,
     types_belong_to_their_tenant,
+    expired_activities_and_types_are_purged_with_their_journal,
 );
 
 /// key, then the name in en, de, fr and es.
@@ -394,4 +396,48 @@ async fn types_belong_to_their_tenant(backend: Backend) {
     assert_eq!(get_type(&mut alice, "site_visit").await, theirs);
     assert_eq!(get_type(&mut alice, "call").await.display_name, "Call");
     assert_eq!(get_type(&mut bob, "call").await.display_name, "Ring");
+}
+
+async fn expired_activities_and_types_are_purged_with_their_journal(backend: Backend) {
+    let app = spawn_app_with(backend, |o| {
+        o.retention = Some(std::time::Duration::from_millis(200));
+        o.purge_interval = Some(std::time::Duration::from_millis(50));
+    })
+    .await;
+    let mut admin = app.activity_admin("t1");
+    let contact = crate::helpers::new_contacts(&app, "t1", 1).await.remove(0);
+    create_type_ok(&mut admin, new_type("webinar", "Webinar", &[])).await;
+    let mut made = Vec::new();
+    for subject in ["Gone", "Kept"] {
+        let sent = Activity {
+            subject: subject.into(),
+            r#type: "webinar".into(),
+            participants: vec![agenda::api::Participant { contact_id: contact.clone(), role: "attendee".into() }],
+            ..Default::default()
+        };
+        let request = CreateActivityRequest { activity: Some(sent), request_id: String::new() };
+        made.push(admin.create_activity(request).await.expect("create").into_inner());
+    }
+    admin.delete_activity(DeleteActivityRequest { id: made[0].id.clone(), etag: String::new() }).await.expect("delete");
+    let feed = changes_of(&mut app.changes("t1"), ResourceType::Activity, &made[0].id, 3).await;
+    let kinds: Vec<i32> = feed.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, [ChangeKind::Created as i32, ChangeKind::Deleted as i32, ChangeKind::Purged as i32]);
+    let gone = admin.get_activity(GetActivityRequest { id: made[0].id.clone(), read_mask: None }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(count_rows(&app, "activities").await, 1, "the live activity stays");
+    assert_eq!(count_rows(&app, "activity_revisions").await, 1, "the purged activity's journal went with it");
+    if backend == Backend::Sqlite {
+        // The kept activity's participant: one row per (path, value).
+        assert_eq!(count_rows(&app, "activity_elements").await, 2, "the purged activity's lookup rows went");
+    }
+    // The type is unused once the deleted activity is purged; then it goes too.
+    admin.delete_activity(DeleteActivityRequest { id: made[1].id.clone(), etag: String::new() }).await.expect("delete");
+    changes_of(&mut app.changes("t1"), ResourceType::Activity, &made[1].id, 3).await;
+    admin
+        .delete_activity_type(DeleteActivityTypeRequest { key: "webinar".into(), etag: String::new() })
+        .await
+        .expect("an unused type is deleted");
+    let feed = changes_of(&mut app.changes("t1"), ResourceType::ActivityType, "webinar", 3).await;
+    assert_eq!(feed.last().map(|c| c.kind), Some(ChangeKind::Purged as i32));
+    assert_eq!(count_rows(&app, "activity_revisions").await, 0);
 }
