@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "agenda/v1/types.proto",
     "agenda/v1/contact.proto",
     "agenda/v1/activity.proto",
+    "agenda/v1/task.proto",
     "agenda/v1/change.proto",
 ];
 

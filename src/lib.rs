@@ -12,6 +12,7 @@ pub mod i18n;
 pub mod limits;
 pub mod listener;
 pub mod query;
+pub mod reminders;
 pub mod service;
 pub mod shutdown;
 pub mod startup;

@@ -13,7 +13,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     api::{
         self, activity_service_server::ActivityServiceServer, change_service_server::ChangeServiceServer,
-        contact_service_server::ContactServiceServer,
+        contact_service_server::ContactServiceServer, task_service_server::TaskServiceServer,
     },
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
@@ -26,6 +26,7 @@ use crate::{
         change::ChangeApi,
         contact::{ContactApi, ContactResource},
         resource::{Pipeline, Purge},
+        task::{TaskApi, TaskCategoryResource, TaskResource},
     },
     store::Db,
     telemetry::{
@@ -38,6 +39,7 @@ use crate::{
 const SERVICES: &[&str] = &[
     <ContactServiceServer<ContactApi> as NamedService>::NAME,
     <ActivityServiceServer<ActivityApi> as NamedService>::NAME,
+    <TaskServiceServer<TaskApi> as NamedService>::NAME,
     <ChangeServiceServer<ChangeApi> as NamedService>::NAME,
 ];
 
@@ -125,8 +127,17 @@ impl Application {
         let contacts = Pipeline::<ContactResource>::new(self.db.clone(), feed.clone(), retention, budget);
         let activities = Pipeline::<ActivityResource>::new(self.db.clone(), feed.clone(), retention, budget);
         let types = Pipeline::<ActivityTypeResource>::new(self.db.clone(), feed.clone(), retention, budget);
-        let purged: Vec<Box<dyn Purge>> =
-            vec![Box::new(contacts.clone()), Box::new(activities.clone()), Box::new(types.clone())];
+        let tasks = Pipeline::<TaskResource>::new(self.db.clone(), feed.clone(), retention, budget);
+        let categories = Pipeline::<TaskCategoryResource>::new(self.db.clone(), feed.clone(), retention, budget);
+        let purged: Vec<Box<dyn Purge>> = vec![
+            Box::new(contacts.clone()),
+            Box::new(tasks.clone()),
+            Box::new(activities.clone()),
+            Box::new(types.clone()),
+            Box::new(categories.clone()),
+        ];
+        let reminders = crate::reminders::Reminders::new(self.db.clone(), feed.clone());
+        let _reminders_guard = AbortOnDrop(tokio::spawn(reminders.clone().run()));
         let purger = tokio::spawn(purge_periodically(
             self.db.clone(),
             purged,
@@ -151,6 +162,9 @@ impl Application {
             .max_decoding_message_size(max)
             .max_encoding_message_size(encode);
         let activities = ActivityServiceServer::new(ActivityApi::new(activities, types, self.db.clone(), budget))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(encode);
+        let tasks = TaskServiceServer::new(TaskApi::new(tasks, categories, reminders))
             .max_decoding_message_size(max)
             .max_encoding_message_size(encode);
         let changes =
@@ -178,6 +192,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(contacts)
             .add_service(activities)
+            .add_service(tasks)
             .add_service(changes)
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

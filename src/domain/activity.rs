@@ -5,7 +5,7 @@
 use prost_types::{Duration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::{Check, MAX_NAME_CHARS, Stored, custom_fields, is_key, parse_id, rich_text::RichText};
+use super::{Check, MAX_NAME_CHARS, Stored, custom_fields, is_key, parse_id, rich_text::RichText, task::TaskFields};
 use crate::{api, error::Reason};
 
 /// Most participants of an activity.
@@ -87,6 +87,8 @@ pub struct ActivityFields {
     pub is_auto: bool,
     /// The outcome.
     pub result: String,
+    /// What a task has beyond its activity (empty on other activities).
+    pub task: TaskFields,
 }
 
 /// A stored activity.
@@ -195,7 +197,8 @@ fn parse_participants(check: &mut Check, participants: &[api::Participant]) -> V
     parsed
 }
 
-fn parse_related(check: &mut Check, related: &[api::RelatedRecord]) -> Vec<Related> {
+/// Validates related records.
+pub fn parse_related(check: &mut Check, related: &[api::RelatedRecord]) -> Vec<Related> {
     if !check.max_items("related", related.len(), MAX_RELATED) {
         return Vec::new();
     }
@@ -274,6 +277,7 @@ impl ActivityFields {
             is_test: activity.is_test,
             is_auto: activity.is_auto,
             result: check.optional_text("result", &activity.result, MAX_NAME_CHARS),
+            task: TaskFields::default(),
         }
     }
 

@@ -8,6 +8,8 @@ pub mod activity_type;
 pub mod contact;
 pub mod custom_fields;
 pub mod rich_text;
+pub mod task;
+pub mod task_category;
 
 use sha2::{Digest, Sha256};
 

@@ -102,6 +102,7 @@ impl ListPlan {
         if !self.show_deleted {
             conditions.push("t.delete_time IS NULL".to_string());
         }
+        conditions.extend(spec.scope.map(str::to_string));
         if let Some(expr) = &self.filter {
             conditions.push(spec.compile(expr, &mut sql).map_err(|f| invalid(Reason::FilterInvalid, "filter", f))?);
         }
@@ -298,6 +299,7 @@ mod tests {
             FieldSpec { name: "custom_fields", column: "custom_fields", kind: FieldKind::Custom, orderable: true },
         ],
         default_order: "name",
+        scope: None,
     };
 
     fn params(filter: &str, order_by: &str) -> ListParams {

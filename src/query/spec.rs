@@ -20,6 +20,10 @@ pub enum FieldKind {
     Bool,
     /// A whole number.
     Integer,
+    /// Whether a task is overdue at the time of the query: its deadline (this
+    /// column) passed and its status is not COMPLETED or CANCELLED. A time
+    /// comparison the deadline index serves, not a scan.
+    Overdue,
     /// An enum stored as its number; values are names, with or without the prefix.
     Enum {
         /// The enum's prefix, e.g. `STATUS_`.
@@ -73,6 +77,9 @@ pub struct ResourceSpec {
     pub fields: &'static [FieldSpec],
     /// The order when order_by is empty, e.g. "display_name".
     pub default_order: &'static str,
+    /// A condition over the alias `t` that every row of the resource meets,
+    /// when its table holds others too (tasks among activities).
+    pub scope: Option<&'static str>,
 }
 
 /// A bound parameter.
@@ -252,6 +259,15 @@ fn compare(resolved: &Resolved, name: &str, op: Op, value: &Value, pos: usize, s
                 .map_err(|e| Fault { pos, message: format!("{text:?} is not an RFC 3339 time: {e}") })?;
             let p = sql.param(Param::BigInt(time.timestamp_micros()));
             Ok(format!("{column} {} {p}", comparison(op)))
+        }
+        FieldKind::Overdue => {
+            let Value::Bool(b) = value else { return fault(pos, format!("{name} compares with true or false")) };
+            if !matches!(op, Op::Eq | Op::Ne) {
+                return fault(pos, format!("{name} is true or false: use = or !="));
+            }
+            let now = sql.param(Param::BigInt(chrono::Utc::now().timestamp_micros()));
+            let overdue = format!("(COALESCE({column}, {}) < {now} AND t.status NOT IN (3, 4))", i64::MAX);
+            Ok(if *b == (op == Op::Eq) { overdue } else { format!("(NOT {overdue})") })
         }
         FieldKind::Integer => {
             let Value::Number(n) = value else { return fault(pos, format!("{name} compares with a number")) };

@@ -13,7 +13,7 @@ use super::{
     Budget, CHUNK_ROWS,
     activity_type::{ActivityTypeResource, Seeder},
     journal::field_changes,
-    resource::{Mutation, Pipeline, Resource, item_prefix},
+    resource::{Modified, Mutation, Pipeline, Resource, item_prefix},
     timestamp,
 };
 use crate::{
@@ -21,9 +21,10 @@ use crate::{
     auth::{Principal, Scope},
     domain::{
         Check, Stored,
-        activity::{Activity, ActivityFields, MAX_DEPTH, Participant, parse_contact_id, parse_role},
+        activity::{Activity, ActivityFields, MAX_DEPTH, Participant, micros_of, parse_contact_id, parse_role},
         custom_fields, parse_id,
         rich_text::{Format, RichText, render},
+        task,
     },
     error::{Error, Reason, Result},
     i18n::{Languages, SYSTEM_TYPES, summary},
@@ -42,6 +43,8 @@ pub struct ActivityResource;
 
 /// The names of a tenant's types, and the caller's languages to pick from.
 pub struct TypeNames {
+    /// The time of the read, for `task.overdue`.
+    now: i64,
     languages: Languages,
     names: HashMap<String, (String, BTreeMap<String, String>)>,
 }
@@ -147,11 +150,12 @@ async fn check_types(
 /// writes that change parents take the tenant's tree lock first, so two of
 /// them cannot each close half of a cycle; the chains are read after it.
 /// Within a batch, the batch's own new parents count over the stored ones.
-async fn check_parents(
+pub(crate) async fn check_parents(
     conn: &mut Conn<'_>,
     tenant: &str,
     mutations: &[Mutation<ActivityFields>],
     batch: bool,
+    resource: &str,
 ) -> Result<()> {
     let moved: Vec<&Mutation<ActivityFields>> = mutations
         .iter()
@@ -173,7 +177,7 @@ async fn check_parents(
         let Some(parent) = m.after.fields.parent_id.as_deref() else { continue };
         if !existing.iter().any(|e| e == parent) && !overrides.contains_key(parent) {
             return Err(invalid(
-                &prefix(m, batch),
+                &format!("{}{resource}.", item_prefix(batch, "requests", m.index)),
                 "parent_id",
                 format!("{parent:?} is not an activity of this tenant."),
             ));
@@ -251,6 +255,7 @@ impl Resource for ActivityResource {
         Box::pin(async move {
             let names = store::activity_type::names(conn, &caller.tenant).await?;
             Ok(TypeNames {
+                now: store::now_micros(),
                 languages: caller.languages.clone(),
                 names: names.into_iter().map(|(key, display, localized)| (key, (display, localized))).collect(),
             })
@@ -259,51 +264,70 @@ impl Resource for ActivityResource {
 
     fn present(proto: &mut api::Activity, context: &TypeNames) {
         proto.type_display_name = context.name(&proto.r#type);
+        if let (Some(task), Some(due)) = (proto.task.as_mut(), proto.due_time.as_ref()) {
+            let open = proto.status != api::Status::Completed as i32 && proto.status != api::Status::Cancelled as i32;
+            task.overdue = open && micros_of(due).is_some_and(|due| due < context.now);
+        }
+    }
+
+    /// What an activity message does not carry of a task stays as stored.
+    fn carry(before: &ActivityFields, mut parsed: ActivityFields) -> ActivityFields {
+        parsed.task = before.task.clone();
+        parsed
     }
 
     fn check_written<'a>(
         conn: &'a mut Conn<'_>,
-        tenant: &'a str,
+        caller: &'a Principal,
         mutations: &'a [Mutation<ActivityFields>],
         batch: bool,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
+            let tenant = caller.tenant.as_str();
             check_types(conn, tenant, mutations, batch).await?;
             check_contacts(conn, tenant, mutations, batch).await?;
-            check_parents(conn, tenant, mutations, batch).await
+            check_parents(conn, tenant, mutations, batch, "activity").await
         })
     }
 
-    /// Every change of an activity appends one revision, sharing its diff.
     fn journal<'a>(
         conn: &'a mut Conn<'_>,
         changes: &'a [ChangeRow],
         comments: &'a [Option<RichText>],
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            let rows = changes
-                .iter()
-                .zip(comments)
-                .map(|(change, comment)| {
-                    let mut row = RevisionRow {
-                        tenant_id: change.tenant_id.clone(),
-                        activity_id: change.resource_id.clone(),
-                        revision: change.revision,
-                        kind: revision_kind(change.kind),
-                        actor: change.actor.clone(),
-                        time: change.time,
-                        diff: JsonText(change.diff.0.clone()),
-                        comment_format: 0,
-                        comment_raw: String::new(),
-                        comment_html: String::new(),
-                    };
-                    row.set_comment(comment.as_ref());
-                    row
-                })
-                .collect();
-            store::activity::append_revisions(conn, rows).await
-        })
+        journal_revisions(conn, changes, comments)
     }
+}
+
+/// Every change of an activity (a task too) appends one revision, sharing its diff.
+pub(crate) fn journal_revisions<'a>(
+    conn: &'a mut Conn<'_>,
+    changes: &'a [ChangeRow],
+    comments: &'a [Option<RichText>],
+) -> TxFuture<'a, ()> {
+    Box::pin(async move {
+        let rows = changes
+            .iter()
+            .zip(comments)
+            .map(|(change, comment)| {
+                let mut row = RevisionRow {
+                    tenant_id: change.tenant_id.clone(),
+                    activity_id: change.resource_id.clone(),
+                    revision: change.revision,
+                    kind: revision_kind(change.kind),
+                    actor: change.actor.clone(),
+                    time: change.time,
+                    diff: JsonText(change.diff.0.clone()),
+                    comment_format: 0,
+                    comment_raw: String::new(),
+                    comment_html: String::new(),
+                };
+                row.set_comment(comment.as_ref());
+                row
+            })
+            .collect();
+        store::activity::append_revisions(conn, rows).await
+    })
 }
 
 fn rich_text(text: &RichText) -> Option<api::RichText> {
@@ -349,6 +373,18 @@ pub fn to_proto(activity: &Activity) -> api::Activity {
         is_test: f.is_test,
         is_auto: f.is_auto,
         result: f.result.clone(),
+        task: task::is_task(f).then(|| api::ActivityTask {
+            category_id: f.task.category_id.clone().unwrap_or_default(),
+            contact_id: f.task.contact_id.clone().unwrap_or_default(),
+            notify_responsible: f.task.notify_responsible,
+            alert_minutes: f.task.alert_minutes,
+            time_zone: f.task.time_zone.clone(),
+            recurrence: f.task.recurrence.clone(),
+            recurrence_origin_id: task::origin_of(activity).unwrap_or_default(),
+            completed_time: f.task.completed_time.map(timestamp),
+            completed_by: f.task.completed_by.clone(),
+            overdue: false,
+        }),
         revision: m.revision,
         etag: m.etag(),
         create_time: Some(timestamp(m.create_time)),
@@ -481,7 +517,7 @@ impl ActivityApi {
                     false => existing.fields.without_participant(&participant),
                 };
                 check.finish(())?;
-                Ok(fields.map(|fields| Stored { meta: existing.meta.next(&actor, now), fields }))
+                Ok(fields.map(|fields| Modified::to(Stored { meta: existing.meta.next(&actor, now), fields })))
             })
             .await
     }

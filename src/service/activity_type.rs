@@ -102,13 +102,13 @@ impl Resource for ActivityTypeResource {
     /// they take, so neither can slip past the other.
     fn check_written<'a>(
         conn: &'a mut Conn<'_>,
-        tenant: &'a str,
+        caller: &'a Principal,
         mutations: &'a [Mutation<ActivityTypeFields>],
         _batch: bool,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
             for m in mutations.iter().filter(|m| m.kind == api::ChangeKind::Deleted) {
-                if store::activity::type_in_use(conn, tenant, &m.after.meta.id).await? {
+                if store::activity::type_in_use(conn, &caller.tenant, &m.after.meta.id).await? {
                     return Err(in_use(
                         &m.after.meta.id,
                         format!(

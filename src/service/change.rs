@@ -164,6 +164,10 @@ fn to_proto(row: &ChangeRow, include_resources: bool) -> api::Change {
             Ok(api::ResourceType::ActivityType) => {
                 api::ActivityType::decode(bytes.as_slice()).ok().map(api::change::Resource::ActivityType)
             }
+            Ok(api::ResourceType::Task) => api::Task::decode(bytes.as_slice()).ok().map(api::change::Resource::Task),
+            Ok(api::ResourceType::TaskCategory) => {
+                api::TaskCategory::decode(bytes.as_slice()).ok().map(api::change::Resource::TaskCategory)
+            }
             _ => None,
         },
         _ => None,

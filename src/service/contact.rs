@@ -81,10 +81,11 @@ impl Resource for ContactResource {
     /// live contacts; the error names the item.
     fn check_written<'a>(
         conn: &'a mut Conn<'_>,
-        tenant: &'a str,
+        caller: &'a Principal,
         written: &'a [Mutation<ContactFields>],
         batch: bool,
     ) -> TxFuture<'a, ()> {
+        let tenant = caller.tenant.as_str();
         Box::pin(async move {
             let wanted: Vec<String> =
                 written.iter().filter_map(|m| live_external_id(&m.after).map(str::to_string)).collect();

@@ -9,6 +9,7 @@ pub mod contact;
 pub mod journal;
 pub mod mask;
 pub mod resource;
+pub mod task;
 
 use prost::Message;
 use prost_types::Timestamp;

@@ -90,6 +90,13 @@ pub trait Resource: Sized + Send + Sync + 'static {
     /// Fills what a caller sees beyond [`Resource::to_proto`] (its language's names).
     fn present(_proto: &mut Self::Proto, _context: &Self::Context) {}
 
+    /// The fields an update decides: `parsed` from the merged message, over
+    /// the stored `before`. A resource whose message does not carry every
+    /// stored field keeps the others here.
+    fn carry(_before: &Self::Fields, parsed: Self::Fields) -> Self::Fields {
+        parsed
+    }
+
     /// Rules over the mutations of one write alone, checked before the
     /// database is asked.
     fn check_items(_mutations: &[Mutation<Self::Fields>], _batch: bool) -> Result<()> {
@@ -100,7 +107,7 @@ pub trait Resource: Sized + Send + Sync + 'static {
     /// after the mutations are decided and before they are written.
     fn check_written<'a>(
         _conn: &'a mut Conn<'_>,
-        _tenant: &'a str,
+        _caller: &'a Principal,
         _mutations: &'a [Mutation<Self::Fields>],
         _batch: bool,
     ) -> TxFuture<'a, ()> {
@@ -153,6 +160,22 @@ pub struct UpdateItem<P> {
     pub allow_missing: bool,
     /// A comment on the change.
     pub comment: Option<api::RichText>,
+}
+
+/// What a [`Pipeline::modify`] decided: the resource's new state and any
+/// resources created with it.
+pub struct Modified<F> {
+    /// The new state.
+    pub after: Stored<F>,
+    /// Resources created in the same transaction.
+    pub created: Vec<Stored<F>>,
+}
+
+impl<F> Modified<F> {
+    /// Just a new state.
+    pub fn to(after: Stored<F>) -> Self {
+        Modified { after, created: Vec::new() }
+    }
 }
 
 /// A Create request: the resource it carries and its request_id.
@@ -306,7 +329,7 @@ impl<R: Resource> Pipeline<R> {
                     Box::pin(async move {
                         let (mutations, mut answer) = decide(c).await?;
                         R::check_items(&mutations, batch)?;
-                        R::check_written(c, &caller.tenant, &mutations, batch).await?;
+                        R::check_written(c, &caller, &mutations, batch).await?;
                         // A resource that did not exist is inserted, never upserted: of
                         // concurrent creates of one id exactly one wins, the others fail
                         // on its key (ABORTED) instead of overwriting it. Rows are
@@ -590,6 +613,10 @@ impl<R: Resource> Pipeline<R> {
                     let mut check = Check::new(format!("{field}."));
                     let fields = R::parse(&mut check, &merged);
                     let fields = check.finish(fields)?;
+                    let fields = match existing {
+                        Some(existing) => R::carry(&existing.fields, fields),
+                        None => fields,
+                    };
                     match existing {
                         Some(existing) if existing.fields == fields => answer.push(R::to_proto(existing)),
                         _ => {
@@ -657,18 +684,20 @@ impl<R: Resource> Pipeline<R> {
         let actor = caller.subject.clone();
         self.modify(caller, raw, api::ChangeKind::Undeleted, move |existing| {
             let meta = existing.meta.undeleted(R::NAME, &actor, now_micros())?;
-            Ok(Some(Stored { meta, fields: existing.fields.clone() }))
+            Ok(Some(Modified::to(Stored { meta, fields: existing.fields.clone() })))
         })
         .await
     }
 
     /// Changes one resource under lock as `change` decides: `None` changes
     /// nothing (no revision, no Change), else its new state, journaled as
-    /// `kind` unless it equals the old one. What the single-purpose RPCs
-    /// (undelete, participants, completing a task) are written with.
+    /// `kind` unless it equals the old one, and any resources the change
+    /// creates with it (a recurring task's next occurrence). What the
+    /// single-purpose RPCs (undelete, participants, completing a task) are
+    /// written with.
     pub async fn modify<F>(&self, caller: &Principal, raw: &str, kind: api::ChangeKind, change: F) -> Result<R::Proto>
     where
-        F: FnOnce(&Stored<R::Fields>) -> Result<Option<Stored<R::Fields>>> + Send + 'static,
+        F: FnOnce(&Stored<R::Fields>) -> Result<Option<Modified<R::Fields>>> + Send + 'static,
     {
         let id = R::parse_key(raw).ok_or_else(|| Self::not_found(raw, None))?;
         let (tenant, raw) = (caller.tenant.clone(), raw.to_string());
@@ -678,9 +707,13 @@ impl<R: Resource> Pipeline<R> {
                     let current = R::Table::find_many(c, &tenant, std::slice::from_ref(&id), true).await?;
                     let existing = current.into_iter().next().ok_or_else(|| Self::not_found(&raw, None))?;
                     match change(&existing)? {
-                        Some(after) if after != existing => {
+                        Some(Modified { after, created }) if after != existing => {
                             let answer = vec![R::to_proto(&after)];
-                            Ok((vec![Mutation::new(0, Some(existing), after, kind)], answer))
+                            let mut mutations = vec![Mutation::new(0, Some(existing), after, kind)];
+                            mutations.extend(
+                                created.into_iter().map(|new| Mutation::new(0, None, new, api::ChangeKind::Created)),
+                            );
+                            Ok((mutations, answer))
                         }
                         _ => Ok((Vec::new(), vec![R::to_proto(&existing)])),
                     }

@@ -36,6 +36,7 @@ pub const SPEC: ResourceSpec = ResourceSpec {
         FieldSpec { name: "system", column: "system", kind: FieldKind::Bool, orderable: false },
     ],
     default_order: "sort_order",
+    scope: None,
 };
 
 /// A row of `activity_types`.

@@ -56,6 +56,7 @@ pub const SPEC: ResourceSpec = ResourceSpec {
         FieldSpec { name: "custom_fields", column: "custom_fields", kind: FieldKind::Custom, orderable: true },
     ],
     default_order: "display_name",
+    scope: None,
 };
 
 /// A row of `contacts`.

@@ -10,6 +10,8 @@ pub mod request_id;
 pub mod schema;
 pub mod sql_types;
 pub mod table;
+pub mod task;
+pub mod task_category;
 
 use std::{future::Future, pin::Pin, time::Duration};
 

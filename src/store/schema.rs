@@ -125,6 +125,19 @@ diesel::table! {
         is_test -> Bool,
         is_auto -> Bool,
         result -> Text,
+        category_id -> Nullable<Text>,
+        contact_id -> Nullable<Text>,
+        notify_responsible -> Bool,
+        alert_minutes -> Integer,
+        time_zone -> Text,
+        recurrence -> Text,
+        recurrence_origin_id -> Nullable<Text>,
+        recurrence_start -> Nullable<BigInt>,
+        successor_id -> Nullable<Text>,
+        completed_time -> Nullable<BigInt>,
+        completed_by -> Text,
+        reminded_for -> Nullable<BigInt>,
+        reminder_at -> Nullable<BigInt>,
         revision -> BigInt,
         create_time -> BigInt,
         update_time -> BigInt,
@@ -151,5 +164,24 @@ diesel::table! {
         comment_format -> Integer,
         comment_raw -> Text,
         comment_html -> Text,
+    }
+}
+
+diesel::table! {
+    /// Task categories of all tenants.
+    task_categories (tenant_id, id) {
+        tenant_id -> Text,
+        id -> Text,
+        title -> Text,
+        description -> Text,
+        image_url -> Text,
+        sort_order -> Integer,
+        revision -> BigInt,
+        create_time -> BigInt,
+        update_time -> BigInt,
+        delete_time -> Nullable<BigInt>,
+        purge_time -> Nullable<BigInt>,
+        created_by -> Text,
+        updated_by -> Text,
     }
 }

@@ -44,7 +44,7 @@ pub trait Table<F>: 'static {
 
 /// The purge of a resource table: up to `limit` rows whose purge time has
 /// passed. On PostgreSQL, replicas purging at once skip each other's rows.
-pub async fn purge_rows(conn: &mut Conn<'_>, table: &str, now: i64, limit: i64) -> Result<Vec<Purged>> {
+pub async fn purge_rows(conn: &mut Conn<'_>, table: &str, scope: &str, now: i64, limit: i64) -> Result<Vec<Purged>> {
     #[derive(diesel::QueryableByName)]
     struct Gone {
         #[diesel(sql_type = diesel::sql_types::Text)]
@@ -57,10 +57,10 @@ pub async fn purge_rows(conn: &mut Conn<'_>, table: &str, now: i64, limit: i64) 
     let sql = match conn {
         Conn::Pg(_) => format!(
             "DELETE FROM {table} WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM {table} \
-             WHERE purge_time < $1 LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING tenant_id, id, revision"
+             WHERE purge_time < $1 AND {scope} LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING tenant_id, id, revision"
         ),
         Conn::Sqlite(_) => format!(
-            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE purge_time < ?1 LIMIT ?2) \
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE purge_time < ?1 AND {scope} LIMIT ?2) \
              RETURNING tenant_id, id, revision"
         ),
     };
@@ -99,7 +99,9 @@ macro_rules! meta_of_row {
 /// `$fields` over the diesel table `$table` with rows `$row` (a [`Row`],
 /// `Insertable`, `Selectable`); `$write_error` maps a write's database error
 /// (given the rows written) to the caller's error; `update` lists the
-/// columns an upsert rewrites (all but the key, create_time and created_by).
+/// columns an upsert rewrites (all but the key, create_time and created_by);
+/// `purge_where` limits the purge to the rows of this resource when the
+/// table holds several (activities and tasks).
 ///
 /// Inserts are one multi-row statement on PostgreSQL; on SQLite (in-process,
 /// no network) one hop to its thread, a statement per row. Upserts likewise.
@@ -113,7 +115,8 @@ macro_rules! resource_table {
         row: $row:ty,
         fields: $fields:ty,
         write_error: $write_error:path,
-        update: [$($column:ident),* $(,)?] $(,)?
+        update: [$($column:ident),* $(,)?]
+        $(, purge_where: $purge_where:expr)? $(,)?
     ) => {
         /// The queries of this resource's table.
         pub struct $queries;
@@ -230,7 +233,9 @@ macro_rules! resource_table {
                 now: i64,
                 limit: i64,
             ) -> $crate::store::TxFuture<'a, Vec<$crate::service::resource::Purged>> {
-                Box::pin($crate::store::table::purge_rows(conn, stringify!($table), now, limit))
+                let scopes = ["TRUE" $(, $purge_where)?];
+                let scope = scopes[scopes.len() - 1];
+                Box::pin($crate::store::table::purge_rows(conn, stringify!($table), scope, now, limit))
             }
         }
     };

@@ -16,14 +16,17 @@ use std::{
 
 use agenda::{
     api::{
-        ActivityRevision, BatchCreateContactsRequest, Change, Contact, CreateContactRequest,
-        ListActivityRevisionsRequest, ListChangesRequest, ResourceType, activity_service_client::ActivityServiceClient,
+        ActivityRevision, BatchCreateContactsRequest, Change, CompleteTaskRequest, Contact, CreateContactRequest,
+        CreateTaskRequest, GetTaskRequest, ListActivityRevisionsRequest, ListChangesRequest, ListTasksRequest,
+        ResourceType, Task, UpdateTaskRequest, activity_service_client::ActivityServiceClient,
         change_service_client::ChangeServiceClient, contact_service_client::ContactServiceClient,
+        task_service_client::TaskServiceClient,
     },
     config::{Options, Settings},
     startup::Application,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use prost_types::{FieldMask, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{
     Code, Request, Status,
@@ -162,6 +165,20 @@ pub fn activities_on(channel: Channel, tenant: &str) -> Activities {
     ActivityServiceClient::with_interceptor(channel, bearer)
 }
 
+/// A task client.
+pub type Tasks = TaskServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// A task client on `channel` for `tenant`, subject `user-1`, with the task
+/// and contact write scopes.
+pub fn tasks_on(channel: Channel, tenant: &str) -> Tasks {
+    tasks_sending(channel, &token(tenant, "tasks.write contacts.write"))
+}
+
+fn tasks_sending(channel: Channel, token: &str) -> Tasks {
+    let bearer = Bearer(Some(format!("Bearer {token}").parse().expect("ascii token")));
+    TaskServiceClient::with_interceptor(channel, bearer)
+}
+
 /// `message` as a request that sends `accept-language: lang`.
 pub fn with_language<T>(message: T, lang: &str) -> Request<T> {
     let mut request = Request::new(message);
@@ -213,6 +230,22 @@ impl TestApp {
     /// `activities.write` and `admin` (activity types, any revision comment).
     pub fn activity_admin(&self, tenant: &str) -> Activities {
         self.activities_with(Some(&token(tenant, "activities.write admin")))
+    }
+
+    /// A task client for `tenant`, subject `user-1`, with the task and contact write scopes.
+    pub fn tasks(&self, tenant: &str) -> Tasks {
+        tasks_on(self.channel.clone(), tenant)
+    }
+
+    /// A task client for `tenant` as the caller `sub`, with `scopes`.
+    pub fn tasks_as(&self, tenant: &str, sub: &str, scopes: &str) -> Tasks {
+        tasks_sending(self.channel.clone(), &token_as(tenant, sub, scopes))
+    }
+
+    /// A task client for `tenant`, subject `user-1`, with `tasks.admin`
+    /// (any task, deletes, categories) and `contacts.write`.
+    pub fn task_admin(&self, tenant: &str) -> Tasks {
+        self.tasks_as(tenant, "user-1", "tasks.admin contacts.write")
     }
 
     /// A change-feed client sending `token`.
@@ -297,6 +330,83 @@ pub async fn all_revisions(client: &mut Activities, activity_id: &str) -> Vec<Ac
         out.extend(page.activity_revisions);
         if page.next_page_token.is_empty() {
             return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tasks
+
+/// A task with only a title.
+pub fn titled(title: &str) -> Task {
+    Task { title: title.into(), ..Default::default() }
+}
+
+/// A task carrying only `id`, to be filled in for an update.
+pub fn task_patch(id: &str) -> Task {
+    Task { id: id.into(), ..Default::default() }
+}
+
+/// `seconds` after the epoch, as a proto timestamp.
+pub fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+/// An RFC 3339 time such as "2026-03-23T08:00:00Z", as a proto timestamp.
+pub fn utc(rfc3339: &str) -> Option<Timestamp> {
+    let time = chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap_or_else(|e| panic!("{rfc3339}: {e}"));
+    at(time.timestamp())
+}
+
+/// Creates `task` and returns it as the server answered.
+pub async fn create_task(client: &mut Tasks, task: Task) -> Task {
+    let request = CreateTaskRequest { task: Some(task), request_id: String::new() };
+    client.create_task(request).await.expect("create task").into_inner()
+}
+
+/// The task `id` as the client's caller sees it.
+pub async fn get_task(client: &mut Tasks, id: &str) -> Task {
+    client.get_task(GetTaskRequest { id: id.into(), read_mask: None }).await.expect("get task").into_inner()
+}
+
+/// Completes task `id` without an etag, expecting success.
+pub async fn complete(client: &mut Tasks, id: &str) -> Task {
+    let request = CompleteTaskRequest { id: id.into(), etag: String::new() };
+    client.complete_task(request).await.unwrap_or_else(|s| panic!("complete {id}: {s:?}")).into_inner()
+}
+
+/// An update of the fields of `task` named in `paths`.
+pub fn update_task(task: Task, paths: &[&str]) -> UpdateTaskRequest {
+    UpdateTaskRequest {
+        task: Some(task),
+        update_mask: Some(FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+        allow_missing: false,
+        comment: None,
+    }
+}
+
+/// Every live task the filter and order select, page after page.
+pub async fn list_tasks(client: &mut Tasks, filter: &str, order_by: &str) -> Vec<Task> {
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = ListTasksRequest {
+            page_size: 1000,
+            page_token,
+            filter: filter.into(),
+            order_by: order_by.into(),
+            show_deleted: false,
+            read_mask: None,
+        };
+        let page = client
+            .list_tasks(request)
+            .await
+            .unwrap_or_else(|s| panic!("{filter:?} / {order_by:?}: {s:?}"))
+            .into_inner();
+        seen.extend(page.tasks);
+        if page.next_page_token.is_empty() {
+            return seen;
         }
         page_token = page.next_page_token;
     }

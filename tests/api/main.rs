@@ -18,3 +18,6 @@ mod helpers;
 mod machinery;
 mod ops;
 mod replicas;
+mod task_recurrence;
+mod task_reminders;
+mod tasks;

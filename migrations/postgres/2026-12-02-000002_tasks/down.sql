@@ -1,0 +1,17 @@
+DROP TABLE task_categories;
+DROP INDEX activities_reminder_idx;
+DROP INDEX activities_contact_idx;
+DROP INDEX activities_category_idx;
+ALTER TABLE activities DROP COLUMN reminder_at;
+ALTER TABLE activities DROP COLUMN reminded_for;
+ALTER TABLE activities DROP COLUMN completed_by;
+ALTER TABLE activities DROP COLUMN completed_time;
+ALTER TABLE activities DROP COLUMN successor_id;
+ALTER TABLE activities DROP COLUMN recurrence_start;
+ALTER TABLE activities DROP COLUMN recurrence_origin_id;
+ALTER TABLE activities DROP COLUMN recurrence;
+ALTER TABLE activities DROP COLUMN time_zone;
+ALTER TABLE activities DROP COLUMN alert_minutes;
+ALTER TABLE activities DROP COLUMN notify_responsible;
+ALTER TABLE activities DROP COLUMN contact_id;
+ALTER TABLE activities DROP COLUMN category_id;
