@@ -31,6 +31,8 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(30);
 const BATCH: i64 = 500;
 /// The pause after a failed round (the database is down, say).
 const RETRY: Duration = Duration::from_secs(1);
+/// The pause when what is due is locked by someone else.
+const LOCKED_RETRY: Duration = Duration::from_millis(250);
 
 /// A handle on the scheduler: writers nudge it.
 #[derive(Clone)]
@@ -65,7 +67,7 @@ impl Reminders {
                             let due = store::task::claim_due(c, now, BATCH).await?;
                             let count = due.len();
                             // Each Change carries the task, so a consumer needs no second call.
-                            let mut tasks: HashMap<String, Vec<u8>> = HashMap::new();
+                            let mut tasks: HashMap<(String, String), Vec<u8>> = HashMap::new();
                             let mut tenants: Vec<&str> = due.iter().map(|r| r.tenant_id.as_str()).collect();
                             tenants.sort_unstable();
                             tenants.dedup();
@@ -73,13 +75,14 @@ impl Reminders {
                                 let ids: Vec<String> =
                                     due.iter().filter(|r| r.tenant_id == tenant).map(|r| r.id.clone()).collect();
                                 for task in TaskTable::find_many(c, tenant, &ids, false).await? {
-                                    tasks.insert(task.meta.id.clone(), service::task::to_proto(&task).encode_to_vec());
+                                    let key = (task.meta.tenant.clone(), task.meta.id.clone());
+                                    tasks.insert(key, service::task::to_proto(&task).encode_to_vec());
                                 }
                             }
                             let changes = due
                                 .into_iter()
                                 .map(|r| ChangeRow {
-                                    resource: tasks.remove(&r.id),
+                                    resource: tasks.remove(&(r.tenant_id.clone(), r.id.clone())),
                                     tenant_id: r.tenant_id,
                                     sequence: 0,
                                     resource_type: api::ResourceType::Task as i32,
@@ -126,7 +129,11 @@ impl Reminders {
                     if fired > 0 {
                         tracing::info!(fired, "reminders due");
                     }
-                    self.until_next().await.unwrap_or(RETRY)
+                    let next = self.until_next().await.unwrap_or(RETRY);
+                    // A due reminder this round could not claim is locked by a
+                    // write (or another replica's claim): look again shortly,
+                    // not in a busy loop.
+                    if fired == 0 && next.is_zero() { LOCKED_RETRY } else { next }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "firing reminders failed; will retry");

@@ -121,12 +121,17 @@ fn optional_id(check: &mut Check, field: &str, value: &str) -> Option<String> {
     id
 }
 
+/// Whether a Timestamp is one proto3 JSON can write: years 1 to 9999, nanos in range.
+pub fn valid_time(time: &Timestamp) -> bool {
+    (-62_135_596_800..=253_402_300_799).contains(&time.seconds) && (0..1_000_000_000).contains(&time.nanos)
+}
+
 fn time(check: &mut Check, field: &str, value: Option<&Timestamp>) -> Option<i64> {
     let value = value?;
-    let micros = micros_of(value).filter(|_| (0..1_000_000_000).contains(&value.nanos));
+    let micros = micros_of(value).filter(|_| valid_time(value));
     if micros.is_none() {
         let path = check.path(field);
-        check.fail(field, Reason::FieldInvalid, format!("{path} is not a valid time."));
+        check.fail(field, Reason::FieldInvalid, format!("{path} is not a valid time (years 1 to 9999)."));
     }
     micros
 }
@@ -374,6 +379,16 @@ mod tests {
                 "activity.participants[2]",
             ]
         );
+    }
+
+    #[test]
+    fn times_outside_years_1_to_9999_are_refused() {
+        let far = api::Activity {
+            subject: "x".into(),
+            occur_time: Some(Timestamp { seconds: 253_402_300_800, nanos: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(violations(&far), vec![("activity.occur_time".to_string(), Reason::FieldInvalid)]);
     }
 
     #[test]

@@ -191,7 +191,8 @@ impl TokenSink for Depth {
         if let Token::TagToken(tag) = token {
             let mut open = self.open.borrow_mut();
             match tag.kind {
-                TagKind::StartTag if tag.self_closing || is_void(&tag.name) => {}
+                // `<ul/>` opens a `ul` all the same: only void elements close themselves.
+                TagKind::StartTag if is_void(&tag.name) => {}
                 TagKind::StartTag => {
                     if closes_sibling(&tag.name) && open.last() == Some(&tag.name) {
                         open.pop();
@@ -199,8 +200,12 @@ impl TokenSink for Depth {
                     open.push(tag.name);
                     self.most.set(self.most.get().max(open.len()));
                 }
+                // An end tag closes its element only when no scope boundary
+                // (`object`, `table`, …) is open above it, as the tree builder does.
                 TagKind::EndTag => {
-                    if let Some(at) = open.iter().rposition(|name| *name == tag.name) {
+                    if let Some(at) = open.iter().rposition(|name| *name == tag.name)
+                        && !open[at + 1..].iter().any(is_scope_boundary)
+                    {
                         open.truncate(at);
                     }
                 }
@@ -226,6 +231,21 @@ fn is_void(name: &html5ever::LocalName) -> bool {
             | local_name!("source")
             | local_name!("track")
             | local_name!("wbr")
+    )
+}
+
+fn is_scope_boundary(name: &html5ever::LocalName) -> bool {
+    matches!(
+        *name,
+        local_name!("applet")
+            | local_name!("caption")
+            | local_name!("html")
+            | local_name!("table")
+            | local_name!("td")
+            | local_name!("th")
+            | local_name!("marquee")
+            | local_name!("object")
+            | local_name!("template")
     )
 }
 
@@ -285,8 +305,10 @@ mod tests {
         RichText::parse(&mut check, "details", 2, &">".repeat(MAX_RAW_BYTES));
         RichText::parse(&mut check, "details", 3, &"<ul><li>".repeat(MAX_NESTING));
         RichText::parse(&mut check, "details", 3, &"<div>".repeat(MAX_NESTING + 1));
+        RichText::parse(&mut check, "details", 3, &"<ul/>".repeat(MAX_NESTING + 1));
+        RichText::parse(&mut check, "details", 3, &"<div><object></div>".repeat(MAX_NESTING));
         let Err(crate::error::Error::Invalid(v)) = check.finish(()) else { panic!("expected violations") };
-        assert_eq!(v.len(), 3, "{v:?}");
+        assert_eq!(v.len(), 5, "{v:?}");
         let mut check = Check::new("");
         let kept = RichText::parse(&mut check, "details", 2, &format!("{}deep", ">".repeat(MAX_NESTING / 2)));
         let siblings = RichText::parse(&mut check, "details", 3, &"<p>unclosed".repeat(5000));

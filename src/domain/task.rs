@@ -10,7 +10,7 @@ use rrule::{RRule, Tz, Unvalidated};
 
 use super::{
     Check, MAX_NAME_CHARS, Meta, Stored,
-    activity::{ActivityFields, micros_of, parse_related},
+    activity::{ActivityFields, micros_of, parse_related, valid_time},
     new_id, parse_id,
     rich_text::RichText,
 };
@@ -23,6 +23,8 @@ pub const MAX_ALERT_MINUTES: i32 = 525_600;
 /// The zone of a task that names none.
 pub const DEFAULT_TIME_ZONE: &str = "UTC";
 const MAX_RECURRENCE_CHARS: usize = 512;
+/// The most occurrences walked to find the next one (about 274 years daily).
+pub const MAX_OCCURRENCES: usize = 100_000;
 
 /// What a task has beyond its activity.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -85,6 +87,16 @@ fn parse_rule(check: &mut Check, rule: &str, deadline: Option<i64>, zone: Option
         _ => return,
     };
     let parsed = rule.strip_prefix("RRULE:").unwrap_or(rule).parse::<RRule<Unvalidated>>();
+    if let Ok(rule) = &parsed
+        && matches!(rule.get_freq(), rrule::Frequency::Secondly | rrule::Frequency::Minutely)
+    {
+        check.fail(
+            "recurrence",
+            Reason::FieldInvalid,
+            format!("{path}: a task recurs at most hourly (FREQ=HOURLY or slower)."),
+        );
+        return;
+    }
     if let Err(error) = parsed.and_then(|r| r.validate(start)) {
         check.fail(
             "recurrence",
@@ -135,7 +147,7 @@ pub fn parse(check: &mut Check, task: &api::Task) -> ActivityFields {
         }
     };
     let deadline = task.deadline.as_ref().and_then(|d| {
-        let micros = micros_of(d).filter(|_| (0..1_000_000_000).contains(&d.nanos));
+        let micros = micros_of(d).filter(|_| valid_time(d));
         if micros.is_none() {
             let path = check.path("deadline");
             check.fail("deadline", Reason::FieldInvalid, format!("{path} is not a valid time."));
@@ -262,9 +274,10 @@ pub fn next_deadline(fields: &ActivityFields) -> Option<i64> {
     }
     let zone = Tz::Tz(zone(&fields.task.time_zone)?);
     let start: DateTime<Tz> = Utc.timestamp_micros(start).single()?.with_timezone(&zone);
-    let after: DateTime<Tz> = Utc.timestamp_micros(due).single()?.with_timezone(&zone);
     let set = rule.strip_prefix("RRULE:").unwrap_or(rule).parse::<RRule<Unvalidated>>().ok()?.build(start).ok()?;
-    set.after(after).all(3).dates.into_iter().map(|d| d.timestamp_micros()).find(|d| *d > due)
+    // Occurrences are walked from the first: bounded, so a deadline moved
+    // far ahead costs at most this many steps (and ends the series).
+    set.into_iter().take(MAX_OCCURRENCES).map(|d| d.timestamp_micros()).find(|d| *d > due)
 }
 
 /// Completes a task for `actor` at `now`: its completed state, and the next
@@ -282,8 +295,9 @@ pub fn complete(
     done.status = api::Status::Completed as i32;
     done.task.completed_time = Some(now);
     done.task.completed_by = actor.to_string();
+    // A soft-deleted occurrence ends its series: nothing live comes of it.
     let next = match (&task.fields.task.successor_id, next_deadline(&task.fields)) {
-        (None, Some(deadline)) => {
+        (None, Some(deadline)) if task.meta.delete_time.is_none() => {
             let mut fields = task.fields.clone();
             fields.status = api::Status::Scheduled as i32;
             fields.due_time = Some(deadline);
@@ -363,5 +377,23 @@ mod tests {
         let Err(crate::error::Error::Invalid(v)) = check.finish(()) else { panic!("expected violations") };
         let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, ["task.time_zone", "task.recurrence"]);
+        let mut check = Check::new("task.");
+        parse(
+            &mut check,
+            &api::Task {
+                title: "x".into(),
+                deadline: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 }),
+                recurrence: "FREQ=SECONDLY".into(),
+                ..Default::default()
+            },
+        );
+        assert!(check.finish(()).is_err(), "sub-hourly rules are refused");
+    }
+
+    #[test]
+    fn a_deadline_moved_far_ahead_ends_the_series_in_bounded_steps() {
+        let mut fields = weekly("UTC", "2026-01-05T09:00:00Z", "FREQ=HOURLY");
+        fields.due_time = Some(at("9999-12-01T00:00:00Z"));
+        assert_eq!(next_deadline(&fields), None);
     }
 }

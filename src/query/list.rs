@@ -168,8 +168,14 @@ pub fn anchor_gone() -> Error {
 
 /// A token is bound to the tenant and to what decides the rows and their
 /// order, so it cannot be replayed by another tenant or with another query.
-fn query_hash(tenant: &str, params: &ListParams) -> String {
+fn query_hash(spec: &ResourceSpec, tenant: &str, params: &ListParams) -> String {
     let mut hasher = Sha256::new();
+    // A token of one resource's list is no token of another's (tasks share
+    // the activities' table).
+    hasher.update(spec.table.as_bytes());
+    hasher.update([0]);
+    hasher.update(spec.scope.unwrap_or_default().as_bytes());
+    hasher.update([0]);
     hasher.update(tenant.as_bytes());
     hasher.update([0]);
     hasher.update(params.filter.trim().as_bytes());
@@ -241,7 +247,7 @@ pub fn plan(spec: &'static ResourceSpec, tenant: &str, params: &ListParams, pg: 
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
     };
-    let query_hash = query_hash(tenant, params);
+    let query_hash = query_hash(spec, tenant, params);
     let anchor = if params.page_token.trim().is_empty() {
         None
     } else {

@@ -183,10 +183,9 @@ pub(crate) async fn check_parents(
             ));
         }
         // The follow-ups below the activity move with it.
-        let below = match m.before {
-            Some(_) => store::activity::height(conn, tenant, id, (MAX_DEPTH + 1) as i64).await? as usize,
-            None => 0,
-        };
+        // (A created activity can have some too: an upsert under the id of a
+        // purged one inherits the follow-ups that still name it.)
+        let below = store::activity::height(conn, tenant, id, (MAX_DEPTH + 1) as i64).await? as usize;
         // Walk up from the parent: the stored chain, switching to the
         // batch's state wherever the batch moves an activity.
         let mut depth = below;
@@ -268,6 +267,32 @@ impl Resource for ActivityResource {
             let open = proto.status != api::Status::Completed as i32 && proto.status != api::Status::Cancelled as i32;
             task.overdue = open && micros_of(due).is_some_and(|due| due < context.now);
         }
+    }
+
+    /// A task keeps the TaskService's rules when written as an activity: it
+    /// stays a task (and no activity becomes one), reaches and leaves
+    /// COMPLETED only by CompleteTask and ReopenTask, and a recurring one
+    /// keeps its deadline.
+    fn check_items(mutations: &[Mutation<ActivityFields>], batch: bool) -> Result<()> {
+        let completed = api::Status::Completed as i32;
+        for m in mutations.iter().filter(|m| matches!(m.kind, api::ChangeKind::Created | api::ChangeKind::Updated)) {
+            let fault = |field: &str, message: &str| Err(invalid(&prefix(m, batch), field, message.to_string()));
+            let was_task = m.before.as_ref().is_some_and(|b| task::is_task(&b.fields));
+            if was_task != task::is_task(&m.after.fields) {
+                return fault("type", "Tasks are made with the TaskService, and a task stays a task.");
+            }
+            if !was_task {
+                continue;
+            }
+            let was = m.before.as_ref().map(|b| b.fields.status);
+            if (m.after.fields.status == completed) != (was == Some(completed)) {
+                return fault("status", "Complete a task with CompleteTask and reopen it with ReopenTask.");
+            }
+            if !m.after.fields.task.recurrence.is_empty() && m.after.fields.due_time.is_none() {
+                return fault("due_time", "A recurring task needs its deadline.");
+            }
+        }
+        Ok(())
     }
 
     /// What an activity message does not carry of a task stays as stored.

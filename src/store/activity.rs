@@ -355,7 +355,8 @@ pub async fn ancestors(conn: &mut Conn<'_>, tenant: &str, start: &str, limit: i6
 }
 
 /// How many levels of follow-ups hang below `id` (0 for none), counted up
-/// to `limit`. One recursive query over the parent index.
+/// to `limit`, from the rows that name it as parent (also when `id` itself
+/// is not stored). One recursive query over the parent index.
 pub async fn height(conn: &mut Conn<'_>, tenant: &str, id: &str, limit: i64) -> Result<i64> {
     #[derive(QueryableByName)]
     struct Height {
@@ -365,7 +366,7 @@ pub async fn height(conn: &mut Conn<'_>, tenant: &str, id: &str, limit: i64) -> 
     let sql = match conn {
         Conn::Pg(_) => {
             "WITH RECURSIVE below (id, depth) AS ( \
-               SELECT id, 0 FROM activities WHERE tenant_id = $1 AND id = $2 \
+               SELECT id, 1 FROM activities WHERE tenant_id = $1 AND parent_id = $2 \
                UNION ALL \
                SELECT a.id, below.depth + 1 FROM activities a JOIN below \
                  ON a.tenant_id = $1 AND a.parent_id = below.id WHERE below.depth < $3) \
@@ -373,7 +374,7 @@ pub async fn height(conn: &mut Conn<'_>, tenant: &str, id: &str, limit: i64) -> 
         }
         Conn::Sqlite(_) => {
             "WITH RECURSIVE below (id, depth) AS ( \
-               SELECT id, 0 FROM activities WHERE tenant_id = ?1 AND id = ?2 \
+               SELECT id, 1 FROM activities WHERE tenant_id = ?1 AND parent_id = ?2 \
                UNION ALL \
                SELECT a.id, below.depth + 1 FROM activities a JOIN below \
                  ON a.tenant_id = ?1 AND a.parent_id = below.id WHERE below.depth < ?3) \

@@ -24,6 +24,7 @@ on_both_backends!(
     a_new_deadline_rearms_the_reminder,
     completing_cancelling_or_deleting_cancels_the_reminder,
     a_reminder_already_due_fires_at_once,
+    reminders_of_one_id_in_two_tenants_carry_their_own_task,
 );
 
 /// How long a reminder may take to arrive after it is due.
@@ -251,4 +252,40 @@ async fn two_replicas_send_each_reminder_once() {
     }
     let expected: Vec<(&str, usize)> = ids.iter().map(|id| (id.as_str(), 1)).collect();
     hold_reminders(&mut changes, &expected, Duration::from_secs(2)).await;
+}
+
+/// Ids are unique per tenant only: an upsert may give two tenants' tasks one
+/// id, and a reminder must still carry its own tenant's task.
+async fn reminders_of_one_id_in_two_tenants_carry_their_own_task(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = uuid::Uuid::now_v7().to_string();
+    let due = soon(0);
+    for tenant in ["t1", "t2"] {
+        let sent = Task { id: id.clone(), ..reminded(&format!("Secret of {tenant}"), due) };
+        let request =
+            agenda::api::UpdateTaskRequest { task: Some(sent), update_mask: None, allow_missing: true, comment: None };
+        app.tasks(tenant).update_task(request).await.expect("upsert");
+    }
+    for tenant in ["t1", "t2"] {
+        let mut changes = app.changes(tenant);
+        await_reminders(&mut changes, &id, 1, ARRIVAL).await;
+        let page = changes
+            .list_changes(agenda::api::ListChangesRequest {
+                start_after: 0,
+                page_size: 1000,
+                resource_types: vec![ResourceType::Task as i32],
+                include_resources: true,
+            })
+            .await
+            .expect("list changes")
+            .into_inner();
+        let reminder =
+            page.changes.into_iter().find(|c| c.kind == ChangeKind::ReminderDue as i32).expect("the reminder");
+        match reminder.resource {
+            Some(agenda::api::change::Resource::Task(task)) => {
+                assert_eq!(task.title, format!("Secret of {tenant}"), "{tenant}'s reminder carries {tenant}'s task");
+            }
+            other => panic!("the reminder carries the task: {other:?}"),
+        }
+    }
 }

@@ -25,6 +25,7 @@ on_both_backends!(
     create_fills_in_the_defaults,
     create_round_trips_every_field,
     a_task_is_an_activity_of_type_task,
+    the_activity_service_keeps_the_task_rules,
     invalid_tasks_are_refused_field_by_field_and_change_nothing,
     can_edit_says_who_may_update_complete_and_reopen,
     a_reassigned_task_is_edited_by_its_new_responsible,
@@ -948,4 +949,49 @@ async fn tenants_never_see_each_others_tasks_or_categories(backend: Backend) {
     create_category(&mut bob, category("Billing", 10)).await;
     assert_eq!(get_task(&mut alice, &id).await, secret, "untouched");
     assert_eq!(list_categories(&mut alice, true).await, [billing]);
+}
+
+/// A task written as an activity keeps the TaskService's rules.
+async fn the_activity_service_keeps_the_task_rules(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut tasks = app.tasks("t1");
+    let mut activities = app.activities("t1");
+    let task = create_task(
+        &mut tasks,
+        Task {
+            recurrence: "FREQ=DAILY".into(),
+            ..Task { deadline: crate::helpers::at(4_102_444_800), ..titled("Recurring") }
+        },
+    )
+    .await;
+    let update = |activity: agenda::api::Activity, paths: &[&str]| agenda::api::UpdateActivityRequest {
+        activity: Some(activity),
+        update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+        allow_missing: false,
+        comment: None,
+    };
+    let patch = |id: &str| agenda::api::Activity { id: id.into(), ..Default::default() };
+    let cases = [
+        (agenda::api::Activity { r#type: "note".into(), ..patch(&task.id) }, "type", "activity.type"),
+        (
+            agenda::api::Activity { status: agenda::api::Status::Completed as i32, ..patch(&task.id) },
+            "status",
+            "activity.status",
+        ),
+        (patch(&task.id), "due_time", "activity.due_time"),
+    ];
+    for (sent, path, field) in cases {
+        let status = activities.update_activity(update(sent, &[path])).await.unwrap_err();
+        assert_field_error(&status, tonic::Code::InvalidArgument, "FIELD_INVALID", field);
+    }
+    let created = agenda::api::CreateActivityRequest {
+        activity: Some(agenda::api::Activity { subject: "Sneaky".into(), r#type: "task".into(), ..Default::default() }),
+        request_id: String::new(),
+    };
+    let status = activities.create_activity(created).await.unwrap_err();
+    assert_field_error(&status, tonic::Code::InvalidArgument, "FIELD_INVALID", "activity.type");
+    // What is the activity's own may change.
+    let moved = agenda::api::Activity { location: "Room 4".into(), ..patch(&task.id) };
+    activities.update_activity(update(moved, &["location"])).await.expect("an activity field of a task");
+    assert_eq!(get_task(&mut tasks, &task.id).await.recurrence, "FREQ=DAILY", "the task fields stay");
 }
