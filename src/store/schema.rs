@@ -173,6 +173,7 @@ diesel::table! {
         tenant_id -> Text,
         id -> Text,
         title -> Text,
+        title_key -> Text,
         description -> Text,
         image_url -> Text,
         sort_order -> Integer,

@@ -36,6 +36,7 @@ pub struct TaskCategoryRow {
     tenant_id: String,
     id: String,
     title: String,
+    title_key: String,
     description: String,
     image_url: String,
     sort_order: i32,
@@ -57,6 +58,7 @@ impl Row for TaskCategoryRow {
             tenant_id: m.tenant.clone(),
             id: m.id.clone(),
             title: f.title.clone(),
+            title_key: title_key(&f.title),
             description: f.description.clone(),
             image_url: f.image_url.clone(),
             sort_order: f.sort_order,
@@ -107,22 +109,31 @@ crate::resource_table! {
     row: TaskCategoryRow,
     fields: TaskCategoryFields,
     write_error: write_error,
-    update: [title, description, image_url, sort_order, revision, update_time, delete_time, purge_time, updated_by],
+    update: [
+        title, title_key, description, image_url, sort_order, revision, update_time, delete_time, purge_time, updated_by,
+    ],
 }
 
-/// Whether a live category of `tenant` other than `except` has `title` (ignoring case).
+/// A title as uniqueness compares it.
+fn title_key(title: &str) -> String {
+    title.to_lowercase()
+}
+
+/// Whether a live category of `tenant` other than `except` has `title`
+/// (ignoring case): one lookup through the unique index.
 pub async fn title_taken(conn: &mut Conn<'_>, tenant: &str, title: &str, except: &str) -> Result<bool> {
-    let lower = title.to_lowercase();
-    let titles: Vec<String> = dispatch!(conn, |c| {
+    let key = title_key(title);
+    let holders: i64 = dispatch!(conn, |c| {
         task_categories::table
             .filter(task_categories::tenant_id.eq(tenant))
+            .filter(task_categories::title_key.eq(&key))
             .filter(task_categories::delete_time.is_null())
             .filter(task_categories::id.ne(except))
-            .select(task_categories::title)
-            .load(c)
+            .count()
+            .get_result(c)
             .await?
     });
-    Ok(titles.iter().any(|t| t.to_lowercase() == lower))
+    Ok(holders > 0)
 }
 
 /// The live categories of `tenant` among `ids`, share-locked on PostgreSQL

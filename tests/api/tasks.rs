@@ -794,6 +794,21 @@ async fn categories_list_in_sort_order_with_unique_titles(backend: Backend) {
     admin.delete_task_category(delete_category(&calls.id)).await.expect("delete an unused category");
     create_category(&mut admin, category("calls", 40)).await;
     assert_eq!(category_titles(&list_categories(&mut reader, false).await), ["Billing", "Follow-up", "calls"]);
+
+    // Case is folded beyond ASCII, the same on both backends, also when
+    // two creates race (the unique index decides then).
+    create_category(&mut admin, category("Über", 50)).await;
+    let status = admin.create_task_category(create_category_request(category("über", 1))).await.unwrap_err();
+    assert_error(&status, Code::AlreadyExists, "DUPLICATE");
+    let (mut one, mut two) = (app.task_admin("t1"), app.task_admin("t1"));
+    let (first, second) = tokio::join!(
+        one.create_task_category(create_category_request(category("Ärger", 60))),
+        two.create_task_category(create_category_request(category("ärger", 61))),
+    );
+    assert_eq!(usize::from(first.is_ok()) + usize::from(second.is_ok()), 1, "exactly one of {first:?} / {second:?}");
+    for refused in [first, second].into_iter().filter_map(Result::err) {
+        assert_error(&refused, Code::AlreadyExists, "DUPLICATE");
+    }
 }
 
 async fn a_task_shows_its_category_as_it_is_now(backend: Backend) {

@@ -29,6 +29,9 @@ CREATE TABLE task_categories (
     tenant_id    TEXT    NOT NULL,
     id           TEXT    NOT NULL,
     title        TEXT    NOT NULL,
+    -- The title as uniqueness compares it: lower-cased by the server
+    -- (Unicode-aware, the same on both backends, whatever the locale).
+    title_key    TEXT    NOT NULL,
     description  TEXT    NOT NULL DEFAULT '',
     image_url    TEXT    NOT NULL DEFAULT '',
     sort_order   INTEGER NOT NULL DEFAULT 0,
@@ -42,6 +45,6 @@ CREATE TABLE task_categories (
     PRIMARY KEY (tenant_id, id)
 );
 
-CREATE UNIQUE INDEX task_categories_title_key ON task_categories (tenant_id, lower(title)) WHERE delete_time IS NULL;
+CREATE UNIQUE INDEX task_categories_title_key ON task_categories (tenant_id, title_key) WHERE delete_time IS NULL;
 CREATE INDEX task_categories_sort_order_idx ON task_categories (tenant_id, sort_order, id);
 CREATE INDEX task_categories_purge_time_idx ON task_categories (purge_time) WHERE purge_time IS NOT NULL;
