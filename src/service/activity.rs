@@ -13,8 +13,8 @@ use super::{
     Budget, CHUNK_ROWS,
     activity_type::{ActivityTypeResource, Seeder},
     journal::field_changes,
-    resource::{Modified, Mutation, Pipeline, Resource, item_prefix},
-    timestamp,
+    resource::{Modified, Mutation, Pipeline, PlainUpdate, Resource, item_prefix},
+    rich_text, timestamp,
 };
 use crate::{
     api::{self, activity_service_server::ActivityService},
@@ -355,14 +355,6 @@ pub(crate) fn journal_revisions<'a>(
     })
 }
 
-fn rich_text(text: &RichText) -> Option<api::RichText> {
-    (!text.raw.is_empty()).then(|| api::RichText {
-        format: text.format as i32,
-        raw: text.raw.clone(),
-        html: text.html.clone(),
-    })
-}
-
 /// A stored activity as the API returns it (type_display_name is the caller's, filled later).
 pub fn to_proto(activity: &Activity) -> api::Activity {
     let Stored { meta: m, fields: f } = activity;
@@ -442,28 +434,7 @@ fn revision_to_proto(row: RevisionRow, languages: &Languages) -> api::ActivityRe
 }
 
 crate::standard_requests!(api::Activity, activity, api::CreateActivityRequest, api::UpdateActivityRequest);
-crate::standard_requests!(api::ActivityType, activity_type, api::CreateActivityTypeRequest, UpdateTypeRequest);
-
-/// UpdateActivityType's request as a standard update (types take no
-/// allow_missing and no comment).
-#[derive(Clone, PartialEq)]
-pub struct UpdateTypeRequest {
-    activity_type: Option<api::ActivityType>,
-    update_mask: Option<prost_types::FieldMask>,
-    allow_missing: bool,
-    comment: Option<api::RichText>,
-}
-
-impl From<api::UpdateActivityTypeRequest> for UpdateTypeRequest {
-    fn from(request: api::UpdateActivityTypeRequest) -> Self {
-        UpdateTypeRequest {
-            activity_type: request.activity_type,
-            update_mask: request.update_mask,
-            allow_missing: false,
-            comment: None,
-        }
-    }
-}
+crate::standard_requests!(api::ActivityType, activity_type, api::CreateActivityTypeRequest);
 
 /// A revisions page token: the activity and the last revision seen.
 fn revision_token(activity_id: &str, revision: i64) -> String {
@@ -783,7 +754,9 @@ impl ActivityService for ActivityApi {
 
     async fn update_activity_type(&self, request: Request<api::UpdateActivityTypeRequest>) -> Reply<api::ActivityType> {
         let caller = self.seeded(&request).await?;
-        Ok(Response::new(self.types.update_one(&caller, UpdateTypeRequest::from(request.into_inner())).await?))
+        let request = request.into_inner();
+        let update = PlainUpdate { resource: request.activity_type, update_mask: request.update_mask };
+        Ok(Response::new(self.types.update_one(&caller, update).await?))
     }
 
     async fn delete_activity_type(&self, request: Request<api::DeleteActivityTypeRequest>) -> Reply<api::ActivityType> {

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     resource::{Mutation, Pipeline, Resource, item_prefix},
-    timestamp,
+    rich_text, timestamp,
 };
 use crate::{
     api::{self, contact_service_server::ContactService},
@@ -132,11 +132,7 @@ pub fn to_proto(contact: Contact) -> api::Contact {
             .collect(),
         phones: f.phones.into_iter().map(|p| api::PhoneNumber { number: p.number, label: p.label }).collect(),
         external_id: f.external_id.unwrap_or_default(),
-        notes: (!f.notes.raw.is_empty()).then_some(api::RichText {
-            format: f.notes.format as i32,
-            raw: f.notes.raw,
-            html: f.notes.html,
-        }),
+        notes: rich_text(&f.notes),
         custom_fields: custom_fields::to_struct(&f.custom_fields),
         revision: m.revision,
         create_time: Some(timestamp(m.create_time)),

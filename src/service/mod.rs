@@ -141,6 +141,15 @@ where
     .await
 }
 
+/// A stored rich text as the API returns it; none when it is empty.
+pub fn rich_text(text: &crate::domain::rich_text::RichText) -> Option<crate::api::RichText> {
+    (!text.raw.is_empty()).then(|| crate::api::RichText {
+        format: text.format as i32,
+        raw: text.raw.clone(),
+        html: text.html.clone(),
+    })
+}
+
 /// A stored time (microseconds since the epoch) as a protobuf Timestamp.
 pub fn timestamp(micros: i64) -> Timestamp {
     Timestamp { seconds: micros.div_euclid(1_000_000), nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32 }

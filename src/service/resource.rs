@@ -196,11 +196,12 @@ pub trait UpdateRequest: Send + 'static {
     fn into_item(self) -> UpdateItem<Self::Proto>;
 }
 
-/// Implements [`CreateRequest`] and [`UpdateRequest`] for the standard
-/// request messages of a resource whose requests hold it in `$field`.
+/// Implements [`CreateRequest`] (and [`UpdateRequest`], when an update
+/// message is named) for the standard request messages of a resource whose
+/// requests hold it in `$field`.
 #[macro_export]
 macro_rules! standard_requests {
-    ($proto:ty, $field:ident, $create:ty, $update:ty) => {
+    ($proto:ty, $field:ident, $create:ty) => {
         impl $crate::service::resource::CreateRequest for $create {
             type Proto = $proto;
             fn take_resource(&mut self) -> Option<$proto> {
@@ -210,6 +211,9 @@ macro_rules! standard_requests {
                 &mut self.request_id
             }
         }
+    };
+    ($proto:ty, $field:ident, $create:ty, $update:ty) => {
+        $crate::standard_requests!($proto, $field, $create);
 
         impl $crate::service::resource::UpdateRequest for $update {
             type Proto = $proto;
@@ -223,6 +227,22 @@ macro_rules! standard_requests {
             }
         }
     };
+}
+
+/// The update of a resource whose Update takes no allow_missing and no
+/// comment (activity types, task categories).
+pub struct PlainUpdate<P> {
+    /// The resource with its id and new values.
+    pub resource: Option<P>,
+    /// The fields to change.
+    pub update_mask: Option<FieldMask>,
+}
+
+impl<P: Send + 'static> UpdateRequest for PlainUpdate<P> {
+    type Proto = P;
+    fn into_item(self) -> UpdateItem<P> {
+        UpdateItem { resource: self.resource, update_mask: self.update_mask, allow_missing: false, comment: None }
+    }
 }
 
 /// The one answer of a single call.

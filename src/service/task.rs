@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     activity::{check_parents, journal_revisions},
-    resource::{Modified, Mutation, Pipeline, Resource, item_prefix},
-    timestamp,
+    resource::{Modified, Mutation, Pipeline, PlainUpdate, Resource, item_prefix},
+    rich_text, timestamp,
 };
 use crate::{
     api::{self, task_service_server::TaskService},
@@ -215,14 +215,6 @@ impl Resource for TaskResource {
     }
 }
 
-fn rich_text(text: &crate::domain::rich_text::RichText) -> Option<api::RichText> {
-    (!text.raw.is_empty()).then(|| api::RichText {
-        format: text.format as i32,
-        raw: text.raw.clone(),
-        html: text.html.clone(),
-    })
-}
-
 /// A stored task as the API returns it (can_edit, overdue and category are the caller's, filled later).
 pub fn to_proto(stored: &Activity) -> api::Task {
     let Stored { meta: m, fields: f } = stored;
@@ -351,27 +343,7 @@ impl Resource for TaskCategoryResource {
 }
 
 crate::standard_requests!(api::Task, task, api::CreateTaskRequest, api::UpdateTaskRequest);
-crate::standard_requests!(api::TaskCategory, task_category, api::CreateTaskCategoryRequest, UpdateCategoryRequest);
-
-/// UpdateTaskCategory's request as a standard update (no allow_missing, no comment).
-#[derive(Clone, PartialEq)]
-pub struct UpdateCategoryRequest {
-    task_category: Option<api::TaskCategory>,
-    update_mask: Option<prost_types::FieldMask>,
-    allow_missing: bool,
-    comment: Option<api::RichText>,
-}
-
-impl From<api::UpdateTaskCategoryRequest> for UpdateCategoryRequest {
-    fn from(request: api::UpdateTaskCategoryRequest) -> Self {
-        UpdateCategoryRequest {
-            task_category: request.task_category,
-            update_mask: request.update_mask,
-            allow_missing: false,
-            comment: None,
-        }
-    }
-}
+crate::standard_requests!(api::TaskCategory, task_category, api::CreateTaskCategoryRequest);
 
 /// The task service.
 #[derive(Clone)]
@@ -498,7 +470,9 @@ impl TaskService for TaskApi {
 
     async fn update_task_category(&self, request: Request<api::UpdateTaskCategoryRequest>) -> Reply<api::TaskCategory> {
         let caller = Principal::of(&request)?;
-        Ok(Response::new(self.categories.update_one(&caller, UpdateCategoryRequest::from(request.into_inner())).await?))
+        let request = request.into_inner();
+        let update = PlainUpdate { resource: request.task_category, update_mask: request.update_mask };
+        Ok(Response::new(self.categories.update_one(&caller, update).await?))
     }
 
     async fn delete_task_category(&self, request: Request<api::DeleteTaskCategoryRequest>) -> Reply<api::TaskCategory> {
