@@ -1,8 +1,8 @@
 //! Measures the two reads an activity log lives on, over real gRPC against
 //! the real server on PostgreSQL: "every activity of one contact" (a
 //! participants.contact_id filter) and a filtered page deep in the list
-//! (`type = "call"`, page 90 of 25 in the default order), with PostgreSQL's
-//! EXPLAIN ANALYZE of each.
+//! (`type = "call"`, page 90 of 25 in the default order, or
+//! `BENCH_DEEP_PAGE`), with PostgreSQL's EXPLAIN ANALYZE of each.
 //!
 //! The activities are written by SQL (`generate_series`), not through the
 //! API, so a million of them take seconds; the API then reads them as it
@@ -12,6 +12,8 @@
 //! ```sh
 //! AGENDA_DATABASE_URL=postgres://… BENCH_ACTIVITIES=1000000 BENCH_TENANTS=100 \
 //!   cargo run --release --example activity_bench
+//! # page 1,000 of one tenant's million activities:
+//! BENCH_TENANTS=1 BENCH_DEEP_PAGE=1000 scripts/bench activity_bench
 //! ```
 
 use std::time::{Duration, Instant};
@@ -30,8 +32,8 @@ const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 const PAGE_SIZE: i32 = 25;
 /// Contacts per tenant; every activity has two of them as participants.
 const CONTACTS: i64 = 1000;
-/// How deep the filtered page is.
-const DEEP_PAGE: usize = 90;
+/// How deep the filtered page is, unless `BENCH_DEEP_PAGE` says.
+const DEEP_PAGE: i64 = 90;
 
 fn env_number(name: &str, default: i64) -> i64 {
     std::env::var(name).ok().and_then(|n| n.parse().ok()).unwrap_or(default)
@@ -143,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("set AGENDA_DATABASE_URL to a postgres:// URL of an empty database"))?;
     let activities = env_number("BENCH_ACTIVITIES", 1_000_000);
     let tenants = env_number("BENCH_TENANTS", 100).max(1);
+    let deep_page = env_number("BENCH_DEEP_PAGE", DEEP_PAGE).max(2);
     let dir = tempfile::tempdir()?;
     let settings = Settings::resolve(Options {
         database_url: Some(url.clone()),
@@ -177,16 +180,19 @@ async fn main() -> anyhow::Result<()> {
 
     let calls = "type = \"call\"";
     let mut token_at = String::new();
-    for _ in 1..DEEP_PAGE {
+    for _ in 1..deep_page {
         let page = client.list_activities(authorized(request(calls, &token_at), &token)).await?.into_inner();
-        anyhow::ensure!(!page.next_page_token.is_empty(), "fewer than {DEEP_PAGE} pages of calls");
+        anyhow::ensure!(!page.next_page_token.is_empty(), "fewer than {deep_page} pages of calls");
         token_at = page.next_page_token;
     }
     let (first, _) = median_time(&mut client, &token, calls, "").await?;
     let (deep, count) = median_time(&mut client, &token, calls, &token_at).await?;
     println!("\na filtered page deep in the list ({calls}, newest first, page_size {PAGE_SIZE}):");
     println!("  page 1:   median {first:.2?} over 31 calls");
-    println!("  page {DEEP_PAGE}: median {deep:.2?} over 31 calls, {count} activities on the page");
+    println!(
+        "  page {deep_page}: median {deep:.2?} over 31 calls, {count} activities on the page ({:.2} x page 1)",
+        deep.as_secs_f64() / first.as_secs_f64()
+    );
     explain(&mut conn, calls, &token_at).await?;
     Ok(())
 }

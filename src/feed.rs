@@ -44,6 +44,11 @@ pub const WATCHER_QUEUE: usize = 1024;
 const FETCH: i64 = 500;
 /// How often every hub of a PostgreSQL replica reads, notified or not.
 const CATCH_UP_POLL: Duration = Duration::from_secs(1);
+/// How often a replica NOTIFYs the others at most: the tenants written in
+/// between go in one statement (a NOTIFY is a transaction of its own, and
+/// PostgreSQL serializes their commits), so under load a replica sends a few
+/// hundred a second, not one per write.
+const NOTIFY_EVERY: Duration = Duration::from_millis(2);
 
 /// The feed of one replica.
 #[derive(Clone)]
@@ -63,17 +68,41 @@ struct Inner {
     next_id: AtomicU64,
 }
 
-/// Tenants whose changes committed here since the notifier last ran.
+/// Tenants whose changes committed here since the notifier last ran: for
+/// the hubs of this replica, and for the NOTIFY to the others.
 #[derive(Default)]
 struct Flush {
-    pending: Mutex<std::collections::BTreeSet<String>>,
+    local: Pending,
+    remote: Pending,
+}
+
+/// Tenants to wake, and the wake-up of the task that handles them.
+#[derive(Default)]
+struct Pending {
+    tenants: Mutex<std::collections::BTreeSet<String>>,
     wake: Notify,
+}
+
+impl Pending {
+    fn add(&self, tenants: &[String]) {
+        if let Ok(mut pending) = self.tenants.lock() {
+            pending.extend(tenants.iter().cloned());
+        }
+        self.wake.notify_one();
+    }
+
+    /// The tenants added since the last take, once there is one.
+    async fn take(&self) -> Option<Vec<String>> {
+        self.wake.notified().await;
+        self.tenants.lock().ok().map(|mut pending| std::mem::take(&mut *pending).into_iter().collect())
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Lets the notifier task see the feed is gone and end.
-        self.flush.wake.notify_one();
+        // Lets the notifier tasks see the feed is gone and end.
+        self.flush.local.wake.notify_one();
+        self.flush.remote.wake.notify_one();
     }
 }
 
@@ -130,33 +159,37 @@ impl Drop for Subscription {
     }
 }
 
-/// Wakes local hubs and NOTIFYs other replicas for the tenants written,
-/// coalescing however many commits came in meanwhile; ends with the feed.
+/// Wakes the local hubs of the tenants written, coalescing however many
+/// commits came in meanwhile; ends with the feed.
+async fn waker(flush: Arc<Flush>, feed: std::sync::Weak<Inner>) {
+    loop {
+        let Some(tenants) = flush.local.take().await else { return };
+        let Some(inner) = feed.upgrade() else { return };
+        let hubs = inner.hubs.lock().await;
+        for tenant in &tenants {
+            if let Some(hub) = hubs.get(tenant) {
+                hub.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// NOTIFYs the other replicas (PostgreSQL) of the tenants written, one
+/// statement for every tenant written since the last, at most every
+/// [`NOTIFY_EVERY`]; ends with the feed.
 async fn notifier(flush: Arc<Flush>, feed: std::sync::Weak<Inner>) {
     loop {
-        flush.wake.notified().await;
+        let Some(tenants) = flush.remote.take().await else { return };
         let Some(inner) = feed.upgrade() else { return };
-        let tenants: Vec<String> = match flush.pending.lock() {
-            Ok(mut pending) => std::mem::take(&mut *pending).into_iter().collect(),
-            Err(_) => return,
-        };
         if tenants.is_empty() {
             continue;
         }
-        {
-            let hubs = inner.hubs.lock().await;
-            for tenant in &tenants {
-                if let Some(hub) = hubs.get(tenant) {
-                    hub.wake.notify_one();
-                }
-            }
+        let notified = inner.db.read(move |c| Box::pin(async move { change::notify(c, &tenants).await })).await;
+        if let Err(error) = notified {
+            tracing::warn!(%error, "NOTIFY of new changes failed; other replicas catch up on their next poll");
         }
-        if inner.db.is_pg() {
-            let notified = inner.db.read(move |c| Box::pin(async move { change::notify(c, &tenants).await })).await;
-            if let Err(error) = notified {
-                tracing::warn!(%error, "NOTIFY of new changes failed; other replicas catch up on their next poll");
-            }
-        }
+        drop(inner);
+        tokio::time::sleep(NOTIFY_EVERY).await;
     }
 }
 
@@ -173,7 +206,10 @@ impl Feed {
             reads: Arc::new(Semaphore::new(read_slots.max(1))),
             next_id: AtomicU64::new(1),
         });
-        tokio::spawn(notifier(flush, Arc::downgrade(&inner)));
+        tokio::spawn(waker(flush.clone(), Arc::downgrade(&inner)));
+        if inner.db.is_pg() {
+            tokio::spawn(notifier(flush, Arc::downgrade(&inner)));
+        }
         Feed { inner }
     }
 
@@ -185,16 +221,17 @@ impl Feed {
     /// Wakes the hubs of tenants whose changes just committed here and, on
     /// PostgreSQL, tells the other replicas: the notifier task sends one
     /// NOTIFY statement for every tenant written since it last ran, after
-    /// the commits (if it is lost, their hubs' periodic catch-up reads the
-    /// changes anyway). Costs the writer no round trip.
+    /// the commits, at most every [`NOTIFY_EVERY`] (if it is lost, their
+    /// hubs' periodic catch-up reads the changes anyway). Costs the writer
+    /// no round trip.
     pub fn committed(&self, tenants: &[String]) {
         if tenants.is_empty() {
             return;
         }
-        if let Ok(mut pending) = self.inner.flush.pending.lock() {
-            pending.extend(tenants.iter().cloned());
+        self.inner.flush.local.add(tenants);
+        if self.inner.db.is_pg() {
+            self.inner.flush.remote.add(tenants);
         }
-        self.inner.flush.wake.notify_one();
     }
 
     async fn wake(&self, tenant: &str) {

@@ -12,6 +12,12 @@ use agenda::{
 };
 use clap::Parser;
 
+/// mimalloc: the server's many small, short-lived allocations (messages,
+/// rows, headers) cost less than with the system allocator, and memory
+/// freed under load goes back to the system (measured: `scripts/load`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -4,6 +4,7 @@
 //! `alg: none` nor an HS/RS confusion can get through.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -21,6 +22,11 @@ use super::{Principal, ScopeSet};
 
 /// Allowed clock skew for `exp` and `nbf`.
 const LEEWAY_SECONDS: u64 = 30;
+/// Tokens kept verified, so that a caller's next call with the same token
+/// costs a lookup instead of a signature check; a full cache starts over.
+const CACHED_TOKENS: usize = 4096;
+/// Longer tokens are verified every time (they would make the cache large).
+const MAX_CACHED_TOKEN_BYTES: usize = 4096;
 /// How often the JWKS file's modification time is looked at, at most.
 const JWKS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -82,8 +88,19 @@ struct PublicKey {
 
 struct JwksState {
     keys: Arc<Vec<PublicKey>>,
+    /// Counts key reloads: a token verified by keys since replaced is verified again.
+    generation: u64,
     modified: Option<SystemTime>,
     checked: Instant,
+}
+
+/// A token verified earlier, with what its validity depends on.
+struct Verified {
+    principal: Principal,
+    not_before: Option<u64>,
+    expires: u64,
+    /// The JWKS generation that verified it (0 for HS256, whose secret is fixed).
+    generation: u64,
 }
 
 struct Jwks {
@@ -98,6 +115,7 @@ pub struct Verifier {
     jwks: Option<Arc<Jwks>>,
     issuer: Option<String>,
     audience: Option<String>,
+    verified: Arc<std::sync::Mutex<HashMap<Box<str>, Verified>>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -121,7 +139,12 @@ impl Verifier {
                 let (keys, modified) = load_jwks(path)?;
                 Some(Arc::new(Jwks {
                     path: path.clone(),
-                    state: RwLock::new(JwksState { keys: Arc::new(keys), modified, checked: Instant::now() }),
+                    state: RwLock::new(JwksState {
+                        keys: Arc::new(keys),
+                        generation: 1,
+                        modified,
+                        checked: Instant::now(),
+                    }),
                 }))
             }
             None => None,
@@ -129,11 +152,61 @@ impl Verifier {
         if hs256.is_none() && jwks.is_none() {
             return Err("no token key is configured: set AGENDA_AUTH_HS256_SECRET or AGENDA_AUTH_JWKS_FILE".into());
         }
-        Ok(Verifier { hs256, jwks, issuer: config.issuer.clone(), audience: config.audience.clone() })
+        Ok(Verifier {
+            hs256,
+            jwks,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            verified: Default::default(),
+        })
     }
 
-    /// Verifies a token and returns its caller.
+    /// Verifies a token and returns its caller. A token verified before is
+    /// looked up instead, while its times still hold and the keys that
+    /// verified it are still the server's.
     pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.cached(token, now).await {
+            return Ok(principal);
+        }
+        let (claims, generation) = self.verify_signed(token).await?;
+        let principal = principal_of(&claims)?;
+        if token.len() <= MAX_CACHED_TOKEN_BYTES
+            && let Ok(mut verified) = self.verified.lock()
+        {
+            if verified.len() >= CACHED_TOKENS {
+                verified.clear();
+            }
+            let entry =
+                Verified { principal: principal.clone(), not_before: claims.nbf, expires: claims.exp, generation };
+            verified.insert(token.into(), entry);
+        }
+        Ok(principal)
+    }
+
+    /// The caller of a token verified before, if it is still valid at `now`
+    /// (the same rules as [`jsonwebtoken`]'s: `exp` and `nbf` with the leeway).
+    async fn cached(&self, token: &str, now: u64) -> Option<Principal> {
+        let (principal, generation) = {
+            let mut verified = self.verified.lock().ok()?;
+            let entry = verified.get(token)?;
+            let expired = entry.expires < now.saturating_sub(LEEWAY_SECONDS);
+            if expired || entry.not_before.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
+                // Verified again, to answer with the reason.
+                verified.remove(token);
+                return None;
+            }
+            (entry.principal.clone(), entry.generation)
+        };
+        if generation != 0 && self.public_keys().await.1 != generation {
+            return None;
+        }
+        Some(principal)
+    }
+
+    /// Checks a token's signature and claims; returns them and the JWKS
+    /// generation of the key that verified it (0 for HS256).
+    async fn verify_signed(&self, token: &str) -> Result<(Claims, u64), TokenError> {
         // The library's own text (e.g. for `alg: none`) goes to the log, not to the caller.
         let header = decode_header(token).map_err(|e| {
             tracing::debug!(error = %e, "token header refused");
@@ -141,14 +214,14 @@ impl Verifier {
                 "the token is not a signed JWT this server accepts (HS256, RS256, ES256 or EdDSA)".into(),
             )
         })?;
-        let claims = if header.alg == Algorithm::HS256 {
+        if header.alg == Algorithm::HS256 {
             let key = self
                 .hs256
                 .as_ref()
                 .ok_or_else(|| TokenError::Invalid("HS256 tokens are not accepted by this server".into()))?;
-            self.decode(token, key, Algorithm::HS256)?
+            Ok((self.decode(token, key, Algorithm::HS256)?, 0))
         } else {
-            let keys = self.public_keys().await;
+            let (keys, generation) = self.public_keys().await;
             let mut candidates = keys
                 .iter()
                 .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || header.kid == k.kid))
@@ -171,26 +244,8 @@ impl Verifier {
                     Err(e) => last = e,
                 }
             }
-            verified.ok_or(last)?
-        };
-        // Both are stored with what the caller writes: text a database cannot
-        // hold (NUL) or a log line should not carry is refused here.
-        if claims.sub.chars().any(char::is_control) || claims.tenant.chars().any(char::is_control) {
-            return Err(TokenError::Invalid("the token's `sub` or `tenant` claim holds control characters".into()));
+            Ok((verified.ok_or(last)?, generation))
         }
-        if claims.sub.trim().is_empty() || claims.sub.len() > 255 {
-            return Err(TokenError::Invalid("the token has no `sub` claim".into()));
-        }
-        if claims.tenant.trim().is_empty() || claims.tenant.len() > 255 {
-            return Err(TokenError::Invalid("the token's `tenant` claim is empty or too long".into()));
-        }
-        Ok(Principal {
-            subject: claims.sub,
-            tenant: claims.tenant,
-            scopes: ScopeSet::parse(&claims.scope),
-            expires_at: claims.exp.saturating_add(LEEWAY_SECONDS),
-            languages: Default::default(),
-        })
     }
 
     fn decode(&self, token: &str, key: &DecodingKey, algorithm: Algorithm) -> Result<Claims, TokenError> {
@@ -228,15 +283,15 @@ impl Verifier {
         })
     }
 
-    /// The JWKS keys, reloaded first when the file changed.
-    async fn public_keys(&self) -> Arc<Vec<PublicKey>> {
+    /// The JWKS keys and their generation, reloaded first when the file changed.
+    async fn public_keys(&self) -> (Arc<Vec<PublicKey>>, u64) {
         let Some(jwks) = &self.jwks else {
-            return Arc::new(Vec::new());
+            return (Arc::new(Vec::new()), 0);
         };
         {
             let state = jwks.state.read().await;
             if state.checked.elapsed() < JWKS_CHECK_INTERVAL {
-                return state.keys.clone();
+                return (state.keys.clone(), state.generation);
             }
         }
         let mut state = jwks.state.write().await;
@@ -249,6 +304,7 @@ impl Verifier {
                     Ok(Ok((keys, modified))) => {
                         tracing::info!(keys = keys.len(), path = %jwks.path.display(), "reloaded the JWKS file");
                         state.keys = Arc::new(keys);
+                        state.generation += 1;
                         state.modified = modified;
                     }
                     Ok(Err(error)) => {
@@ -258,8 +314,30 @@ impl Verifier {
                 }
             }
         }
-        state.keys.clone()
+        (state.keys.clone(), state.generation)
     }
+}
+
+/// The caller a token's claims name. Both `sub` and `tenant` are stored
+/// with what the caller writes: text a database cannot hold (NUL) or a log
+/// line should not carry is refused here.
+fn principal_of(claims: &Claims) -> Result<Principal, TokenError> {
+    if claims.sub.chars().any(char::is_control) || claims.tenant.chars().any(char::is_control) {
+        return Err(TokenError::Invalid("the token's `sub` or `tenant` claim holds control characters".into()));
+    }
+    if claims.sub.trim().is_empty() || claims.sub.len() > 255 {
+        return Err(TokenError::Invalid("the token has no `sub` claim".into()));
+    }
+    if claims.tenant.trim().is_empty() || claims.tenant.len() > 255 {
+        return Err(TokenError::Invalid("the token's `tenant` claim is empty or too long".into()));
+    }
+    Ok(Principal {
+        subject: claims.sub.clone(),
+        tenant: claims.tenant.clone(),
+        scopes: ScopeSet::parse(&claims.scope),
+        expires_at: claims.exp.saturating_add(LEEWAY_SECONDS),
+        languages: Default::default(),
+    })
 }
 
 /// Reads a JWKS file: every RS256, ES256 and EdDSA public key in it.

@@ -80,7 +80,7 @@ pub struct ActivityFields {
     /// Links to records elsewhere.
     pub related: Vec<Related>,
     /// Caller-defined fields, as a JSON object text.
-    pub custom_fields: String,
+    pub custom_fields: custom_fields::CustomFields,
     /// A test activity.
     pub is_test: bool,
     /// Made by a machine.

@@ -58,7 +58,7 @@ pub struct ContactFields {
     /// Notes.
     pub notes: RichText,
     /// Caller-defined fields, as a JSON object text.
-    pub custom_fields: String,
+    pub custom_fields: custom_fields::CustomFields,
 }
 
 impl ContactFields {

@@ -25,8 +25,52 @@ pub fn is_valid_key(key: &str) -> bool {
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A resource's custom fields: a JSON object text, as the caller's Struct
+/// was written or as the database gives it back. Two are equal when they
+/// hold the same JSON, whatever their spelling (PostgreSQL's jsonb prints
+/// its own spacing and key order), so a read keeps the text as it comes and
+/// parses it once, when it becomes a Struct.
+#[derive(Debug, Clone, Default)]
+pub struct CustomFields(String);
+
+impl CustomFields {
+    /// The fields of a stored JSON object text.
+    pub fn stored(text: String) -> Self {
+        CustomFields(text)
+    }
+
+    /// None.
+    pub fn empty() -> Self {
+        CustomFields("{}".to_string())
+    }
+
+    /// The JSON object text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// As a protobuf Struct; `None` when empty.
+    pub fn to_struct(&self) -> Option<Struct> {
+        to_struct(&self.0)
+    }
+}
+
+impl PartialEq for CustomFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+            || matches!(
+                (serde_json::from_str::<Json>(&self.0), serde_json::from_str::<Json>(&other.0)),
+                (Ok(a), Ok(b)) if a == b
+            )
+    }
+}
+
 /// Validates a Struct and returns it as a JSON object text.
-pub fn parse(check: &mut Check, field: &str, value: Option<&Struct>) -> String {
+pub fn parse(check: &mut Check, field: &str, value: Option<&Struct>) -> CustomFields {
+    CustomFields(parse_text(check, field, value))
+}
+
+fn parse_text(check: &mut Check, field: &str, value: Option<&Struct>) -> String {
     let Some(value) = value else {
         return "{}".to_string();
     };
@@ -91,7 +135,7 @@ fn value_to_json(value: &Value, depth: usize) -> Result<Json, String> {
 }
 
 /// A stored JSON object text back as a Struct; anything else is empty.
-pub fn to_struct(text: &str) -> Option<Struct> {
+fn to_struct(text: &str) -> Option<Struct> {
     match serde_json::from_str::<Json>(text) {
         Ok(Json::Object(map)) if !map.is_empty() => Some(map_to_struct(map)),
         _ => None,
@@ -130,9 +174,18 @@ mod tests {
             ("score", json_to_value(serde_json::json!(3.5))),
         ]);
         let mut check = Check::new("contact.");
-        let text = parse(&mut check, "custom_fields", Some(&value));
+        let fields = parse(&mut check, "custom_fields", Some(&value));
         assert!(check.finish(()).is_ok());
-        assert_eq!(to_struct(&text), Some(value));
+        assert_eq!(fields.to_struct(), Some(value));
+    }
+
+    #[test]
+    fn equal_by_meaning_not_by_spelling() {
+        let ours = CustomFields::stored(r#"{"score":1.5,"tier":"gold"}"#.into());
+        let postgres = CustomFields::stored(r#"{"tier": "gold", "score": 1.5}"#.into());
+        assert_eq!(ours, postgres);
+        assert_ne!(ours, CustomFields::stored(r#"{"tier": "gold", "score": 2.5}"#.into()));
+        assert_ne!(CustomFields::empty(), ours);
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub fn parse(check: &mut Check, task: &api::Task) -> ActivityFields {
         assignee_user_id: check.optional_text("responsible_user_id", &task.responsible_user_id, MAX_NAME_CHARS),
         parent_id: optional_id(check, "parent_id", &task.parent_id),
         related: parse_related(check, &task.related),
-        custom_fields: "{}".to_string(),
+        custom_fields: super::custom_fields::CustomFields::empty(),
         task: TaskFields {
             category_id: optional_id(check, "category_id", &task.category_id),
             contact_id: optional_id(check, "contact_id", &task.contact_id),

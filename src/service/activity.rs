@@ -22,7 +22,7 @@ use crate::{
     domain::{
         Check, Stored,
         activity::{Activity, ActivityFields, MAX_DEPTH, Participant, micros_of, parse_contact_id, parse_role},
-        custom_fields, parse_id,
+        parse_id,
         rich_text::{Format, RichText, render},
         task,
     },
@@ -386,7 +386,7 @@ pub fn to_proto(activity: &Activity) -> api::Activity {
             .map(|p| api::Participant { contact_id: p.contact_id.clone(), role: p.role.clone() })
             .collect(),
         related: f.related.iter().map(|r| api::RelatedRecord { r#type: r.kind.clone(), id: r.id.clone() }).collect(),
-        custom_fields: custom_fields::to_struct(&f.custom_fields),
+        custom_fields: f.custom_fields.to_struct(),
         is_test: f.is_test,
         is_auto: f.is_auto,
         result: f.result.clone(),

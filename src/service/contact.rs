@@ -16,7 +16,6 @@ use crate::{
     domain::{
         Check, Stored,
         contact::{Contact, ContactFields},
-        custom_fields,
     },
     error::{Error, Result},
     query::ResourceSpec,
@@ -45,6 +44,10 @@ impl Resource for ContactResource {
 
     fn to_proto(stored: &Contact) -> api::Contact {
         to_proto(stored.clone())
+    }
+
+    fn into_proto(stored: Contact) -> api::Contact {
+        to_proto(stored)
     }
 
     fn id_of(proto: &api::Contact) -> &str {
@@ -133,7 +136,7 @@ pub fn to_proto(contact: Contact) -> api::Contact {
         phones: f.phones.into_iter().map(|p| api::PhoneNumber { number: p.number, label: p.label }).collect(),
         external_id: f.external_id.unwrap_or_default(),
         notes: rich_text(&f.notes),
-        custom_fields: custom_fields::to_struct(&f.custom_fields),
+        custom_fields: f.custom_fields.to_struct(),
         revision: m.revision,
         create_time: Some(timestamp(m.create_time)),
         update_time: Some(timestamp(m.update_time)),

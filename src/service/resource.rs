@@ -69,6 +69,11 @@ pub trait Resource: Sized + Send + Sync + 'static {
     /// The stored resource as the API returns it, the same for every caller
     /// (so the change feed keeps it).
     fn to_proto(stored: &Stored<Self::Fields>) -> Self::Proto;
+    /// [`Resource::to_proto`] of a resource no longer needed (a read), which
+    /// a resource may convert without copying.
+    fn into_proto(stored: Stored<Self::Fields>) -> Self::Proto {
+        Self::to_proto(&stored)
+    }
     /// The id a caller sent in a message.
     fn id_of(proto: &Self::Proto) -> &str;
     /// The etag a caller sent in a message.
@@ -771,9 +776,10 @@ impl<R: Resource> Pipeline<R> {
                         wanted.sort();
                         wanted.dedup();
                         for stored in R::Table::find_many(c, &tenant, &wanted, false).await? {
-                            let mut proto = R::to_proto(&stored);
+                            let id = stored.meta.id.clone();
+                            let mut proto = R::into_proto(stored);
                             R::present(&mut proto, &context);
-                            converted.insert(stored.meta.id.clone(), mask.apply(proto)?);
+                            converted.insert(id, mask.apply(proto)?);
                         }
                         for (offset, id) in chunk.iter().enumerate() {
                             let i = chunk_index * CHUNK_ROWS + offset;
@@ -803,7 +809,7 @@ impl<R: Resource> Pipeline<R> {
         }
         let context = context_loader::<R>(caller.clone());
         list_page(&self.db, plan, self.max_response_bytes, R::Table::list, id_of, context, move |stored, context| {
-            let mut proto = R::to_proto(&stored);
+            let mut proto = R::into_proto(stored);
             R::present(&mut proto, context);
             mask.apply(proto)
         })

@@ -10,12 +10,13 @@ use super::{
     Conn,
     schema::{activities, activity_revisions, contacts},
     sql_types::JsonText,
-    table::{Row, canonical_json, id_taken},
+    table::{Row, id_taken},
 };
 use crate::{
     api, dispatch,
     domain::{
         activity::{Activity, ActivityFields},
+        custom_fields::CustomFields,
         rich_text::RichText,
         task::{self, TaskFields},
     },
@@ -178,7 +179,7 @@ impl Row for ActivityRow {
             assignee_group: f.assignee_group.clone(),
             participants: JsonText(json(serde_json::to_string(&f.participants))?),
             related: JsonText(json(serde_json::to_string(&f.related))?),
-            custom_fields: JsonText(f.custom_fields.clone()),
+            custom_fields: JsonText(f.custom_fields.as_str().to_string()),
             is_test: f.is_test,
             is_auto: f.is_auto,
             result: f.result.clone(),
@@ -226,7 +227,7 @@ impl Row for ActivityRow {
                 assignee_group: self.assignee_group,
                 participants: serde_json::from_str(&self.participants.0).map_err(|e| json("participants", e))?,
                 related: serde_json::from_str(&self.related.0).map_err(|e| json("related", e))?,
-                custom_fields: canonical_json(&self.custom_fields.0).map_err(|e| json("custom_fields", e))?,
+                custom_fields: CustomFields::stored(self.custom_fields.0),
                 is_test: self.is_test,
                 is_auto: self.is_auto,
                 result: self.result,

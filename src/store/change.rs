@@ -112,6 +112,7 @@ pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<Stri
     if i64::try_from(new.len()).unwrap_or(i64::MAX) > PER_TRANSACTION {
         return Err(crate::error::Error::Internal("too many changes in one transaction".into()));
     }
+    let count = new.len();
     let mut tenants: Vec<String> = new.iter().map(|c| c.tenant_id.clone()).collect();
     tenants.sort_unstable();
     tenants.dedup();
@@ -156,7 +157,12 @@ pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<Stri
                     .bind::<Text, _>(row.diff.0)
                     .bind::<Nullable<Binary>, _>(row.resource);
             }
-            query.execute(&mut **c).await?;
+            // One change (the common write) is a fixed text, kept prepared.
+            if count == 1 {
+                super::prepared::Kept::fixed(query).execute(&mut **c).await?;
+            } else {
+                query.execute(&mut **c).await?;
+            }
         }
         Conn::Sqlite(_) => {
             let mut rows = Vec::with_capacity(new.len());
@@ -298,11 +304,10 @@ pub async fn purge_expired(conn: &mut Conn<'_>, before: i64, limit: i64) -> Resu
 /// statement (PostgreSQL).
 pub async fn notify(conn: &mut Conn<'_>, tenants: &[String]) -> Result<()> {
     if let Conn::Pg(c) = conn {
-        diesel::sql_query("SELECT pg_notify($1, tenant) FROM unnest($2) AS tenant")
+        let query = diesel::sql_query("SELECT pg_notify($1, tenant) FROM unnest($2) AS tenant")
             .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
-            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(tenants)
-            .execute(&mut **c)
-            .await?;
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(tenants);
+        super::prepared::Kept::fixed(query).execute(&mut **c).await?;
     }
     Ok(())
 }

@@ -7,13 +7,14 @@ use super::{
     Conn,
     schema::contacts,
     sql_types::JsonText,
-    table::{Row, canonical_json, id_taken},
+    table::{Row, id_taken},
     unique_violation,
 };
 use crate::{
     dispatch,
     domain::{
         contact::{Contact, ContactFields},
+        custom_fields::CustomFields,
         rich_text::RichText,
     },
     error::{Error, Result},
@@ -108,7 +109,7 @@ impl Row for ContactRow {
             notes_format: f.notes.format as i32,
             notes_raw: f.notes.raw.clone(),
             notes_html: f.notes.html.clone(),
-            custom_fields: JsonText(f.custom_fields.clone()),
+            custom_fields: JsonText(f.custom_fields.as_str().to_string()),
             revision: m.revision,
             create_time: m.create_time,
             update_time: m.update_time,
@@ -132,7 +133,7 @@ impl Row for ContactRow {
                 phones: serde_json::from_str(&self.phones.0).map_err(|e| json("phones", e))?,
                 external_id: self.external_id,
                 notes: RichText::stored(self.notes_format, self.notes_raw, self.notes_html),
-                custom_fields: canonical_json(&self.custom_fields.0).map_err(|e| json("custom_fields", e))?,
+                custom_fields: CustomFields::stored(self.custom_fields.0),
             },
             meta: crate::meta_of_row!(self),
         })

@@ -6,6 +6,7 @@ pub mod activity;
 pub mod activity_type;
 pub mod change;
 pub mod contact;
+pub mod prepared;
 pub mod request_id;
 pub mod schema;
 pub mod sql_types;
@@ -19,10 +20,10 @@ use diesel::{ConnectionError, ConnectionResult, SqliteConnection};
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
     pooled_connection::{
-        AsyncDieselConnectionManager, ManagerConfig,
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
         deadpool::{Object, Pool},
     },
-    sync_connection_wrapper::SyncConnectionWrapper,
+    sync_connection_wrapper::{SpawnBlocking, SyncConnectionWrapper},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures::FutureExt;
@@ -33,8 +34,32 @@ use crate::{
     error::{Error, Result},
 };
 
-/// An async SQLite connection (diesel's sync connection on a blocking thread).
-pub type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+/// A SQLite connection behind diesel-async's interface, whose statements run
+/// on the thread that asks ([`OnThisThread`]): the store uses one only on a
+/// blocking thread ([`on_blocking_thread`]), which runs a whole read or
+/// transaction there, one hop from the async runtime per call instead of
+/// one per statement.
+pub type SqliteConn = SyncConnectionWrapper<SqliteConnection, OnThisThread>;
+
+/// Runs a SQLite connection's work at once, on the calling thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OnThisThread;
+
+impl SpawnBlocking for OnThisThread {
+    fn spawn_blocking<'a, R>(
+        &mut self,
+        task: impl FnOnce() -> R + Send + 'static,
+    ) -> futures::future::BoxFuture<'a, std::result::Result<R, Box<dyn std::error::Error + Send + Sync + 'static>>>
+    where
+        R: Send + 'static,
+    {
+        Box::pin(std::future::ready(Ok(task())))
+    }
+
+    fn get_runtime() -> Self {
+        OnThisThread
+    }
+}
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -104,7 +129,8 @@ impl Db {
     pub fn connect(database: &Database, pool_size: usize) -> Result<Db> {
         match database {
             Database::Postgres(url) => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url.clone());
+                let manager =
+                    AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url.clone(), manager_config());
                 let pool = Pool::builder(manager)
                     .max_size(pool_size)
                     .wait_timeout(Some(POOL_WAIT))
@@ -121,7 +147,7 @@ impl Db {
                 }
                 let url = path.to_string_lossy().into_owned();
                 let build = |size: usize| {
-                    let mut config = ManagerConfig::<SqliteConn>::default();
+                    let mut config = manager_config::<SqliteConn>();
                     config.custom_setup = Box::new(|url| establish_sqlite(url.to_string()).boxed());
                     let manager = AsyncDieselConnectionManager::<SqliteConn>::new_with_config(url.clone(), config);
                     Pool::builder(manager)
@@ -184,9 +210,12 @@ impl Db {
                     past_deadline(result)
                 }
                 Db::Sqlite { readers, .. } => {
-                    let mut object = timed_get(readers, "sqlite_readers").await?;
-                    let conn: &mut SqliteConn = &mut object;
-                    body(&mut Conn::Sqlite(conn)).await
+                    let object = timed_get(readers, "sqlite_readers").await?;
+                    on_blocking_thread(move || async move {
+                        let mut object = object;
+                        body(&mut Conn::Sqlite(&mut object)).await
+                    })
+                    .await
                 }
             }
         })
@@ -258,53 +287,15 @@ impl Db {
                 past_deadline(result)
             }
             Db::Sqlite { writer, .. } => {
-                let mut guard = PanicGuard(Some(timed_get(writer, "sqlite_writer").await?));
-                let Some(object) = guard.0.as_mut() else {
-                    return Err(Error::Internal("the writer connection vanished".into()));
-                };
-                let conn: &mut SqliteConn = object;
-                // SQLite has no statement timeout: the wait for the write lock
-                // is what a deadline can shorten.
-                let left = deadline::remaining().map(|left| left.as_millis().min(u128::from(SQLITE_BUSY_TIMEOUT_MS)));
-                if let Some(ms) = left {
-                    if ms == 0 {
-                        return Err(Error::DeadlineExceeded);
-                    }
-                    conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}")).await?;
-                }
-                // BEGIN IMMEDIATE takes the write lock first, waiting for it
-                // under the busy timeout; a deferred BEGIN that reads and then
-                // writes would fail at once (SQLITE_BUSY) whenever another
-                // connection holds the lock, without waiting.
-                let result = match conn.batch_execute("BEGIN IMMEDIATE").await {
-                    Ok(()) => match body(&mut Conn::Sqlite(conn)).await {
-                        // The caller has been told DEADLINE_EXCEEDED: roll back.
-                        Ok(_) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
-                            let _ = conn.batch_execute("ROLLBACK").await;
-                            Err(Error::DeadlineExceeded)
-                        }
-                        Ok(value) => match conn.batch_execute("COMMIT").await {
-                            Ok(()) => Ok(value),
-                            Err(error) => {
-                                let _ = conn.batch_execute("ROLLBACK").await;
-                                Err(error.into())
-                            }
-                        },
-                        Err(error) => {
-                            let _ = conn.batch_execute("ROLLBACK").await;
-                            Err(error)
-                        }
-                    },
-                    Err(error) => Err(error.into()),
-                };
-                if left.is_some() {
-                    // A failure here must not turn a committed write into an error.
-                    if let Err(error) =
-                        conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await
-                    {
-                        tracing::warn!(%error, "restoring SQLite's busy timeout failed");
-                    }
-                }
+                let object = timed_get(writer, "sqlite_writer").await?;
+                let result = on_blocking_thread(move || async move {
+                    let mut guard = PanicGuard(Some(object));
+                    let Some(object) = guard.0.as_mut() else {
+                        return Err(Error::Internal("the writer connection vanished".into()));
+                    };
+                    sqlite_transaction(object, body).await
+                })
+                .await;
                 past_deadline(result)
             }
         }
@@ -368,12 +359,15 @@ impl Db {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| Error::Internal(format!("creating {}: {e}", parent.display())))?;
                 }
-                let conn = establish_sqlite(path.to_string_lossy().into_owned()).await.map_err(connection_error)?;
-                let mut harness = AsyncMigrationHarness::new(conn);
-                let applied = harness
-                    .run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map(|v| v.len())
-                    .map_err(|e| Error::Database(format!("migrating SQLite: {e}")))?;
+                let path = path.to_string_lossy().into_owned();
+                let applied = tokio::task::spawn_blocking(move || {
+                    let mut conn = open_sqlite(&path).map_err(connection_error)?;
+                    conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                        .map(|v| v.len())
+                        .map_err(|e| Error::Database(format!("migrating SQLite: {e}")))
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("migrating SQLite: {e}")))??;
                 tracing::info!(applied, "SQLite migrations done");
             }
         }
@@ -402,6 +396,72 @@ where
         {
             drop(Object::take(object));
         }
+    }
+}
+
+/// Runs `body` in one SQLite transaction on `conn`, the writer, on the
+/// blocking thread the caller runs on.
+async fn sqlite_transaction<T, F>(conn: &mut SqliteConn, body: F) -> Result<T>
+where
+    F: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, T>,
+{
+    // SQLite has no statement timeout: the wait for the write lock
+    // is what a deadline can shorten.
+    let left = deadline::remaining().map(|left| left.as_millis().min(u128::from(SQLITE_BUSY_TIMEOUT_MS)));
+    if let Some(ms) = left {
+        if ms == 0 {
+            return Err(Error::DeadlineExceeded);
+        }
+        conn.batch_execute(&format!("PRAGMA busy_timeout = {ms}")).await?;
+    }
+    // BEGIN IMMEDIATE takes the write lock first, waiting for it
+    // under the busy timeout; a deferred BEGIN that reads and then
+    // writes would fail at once (SQLITE_BUSY) whenever another
+    // connection holds the lock, without waiting.
+    let result = match conn.batch_execute("BEGIN IMMEDIATE").await {
+        Ok(()) => match body(&mut Conn::Sqlite(conn)).await {
+            // The caller has been told DEADLINE_EXCEEDED: roll back.
+            Ok(_) if deadline::remaining().is_some_and(|left| left.is_zero()) => {
+                let _ = conn.batch_execute("ROLLBACK").await;
+                Err(Error::DeadlineExceeded)
+            }
+            Ok(value) => match conn.batch_execute("COMMIT").await {
+                Ok(()) => Ok(value),
+                Err(error) => {
+                    let _ = conn.batch_execute("ROLLBACK").await;
+                    Err(error.into())
+                }
+            },
+            Err(error) => {
+                let _ = conn.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        },
+        Err(error) => Err(error.into()),
+    };
+    if left.is_some() {
+        // A failure here must not turn a committed write into an error.
+        if let Err(error) = conn.batch_execute(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")).await {
+            tracing::warn!(%error, "restoring SQLite's busy timeout failed");
+        }
+    }
+    result
+}
+
+/// Runs `work` on a blocking thread, in the call's context (its deadline),
+/// and waits for it: SQLite's statements block, so a read or a transaction
+/// runs wholly there, with [`OnThisThread`] connections.
+async fn on_blocking_thread<T, W, Fut>(work: W) -> Result<T>
+where
+    T: Send + 'static,
+    W: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let context = CallContext::current();
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(context.scope(work()))).await {
+        Ok(result) => result,
+        Err(error) => Err(Error::Internal(format!("a SQLite task failed: {error}"))),
     }
 }
 
@@ -441,6 +501,20 @@ fn past_deadline<T>(result: Result<T>) -> Result<T> {
     }
 }
 
+/// How the pools hand out connections: a connection goes back to its pool
+/// only outside a transaction, and one whose socket closed is dropped at
+/// checkout, so no test query is sent at every checkout (diesel-async's
+/// default sends `SELECT 1`: a round trip per call). A connection that died
+/// while idle fails its call's first statement, which is `UNAVAILABLE`.
+fn manager_config<C>() -> ManagerConfig<C>
+where
+    C: diesel_async::AsyncConnection + 'static,
+{
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    config
+}
+
 /// Takes a connection from `pool`, recording how long that took.
 async fn timed_get<C>(pool: &Pool<C>, name: &'static str) -> Result<Object<C>>
 where
@@ -462,12 +536,20 @@ fn connection_error(error: ConnectionError) -> Error {
 /// Opens a SQLite connection set up for concurrent use: the busy timeout
 /// first (so setting WAL cannot fail on a locked file), then WAL.
 async fn establish_sqlite(path: String) -> ConnectionResult<SqliteConn> {
-    let mut conn = SqliteConn::establish(&path).await?;
+    let opened = tokio::task::spawn_blocking(move || open_sqlite(&path))
+        .await
+        .map_err(|e| ConnectionError::BadConnection(format!("opening SQLite: {e}")))?;
+    opened.map(SqliteConn::new)
+}
+
+/// [`establish_sqlite`] on the calling thread, as a plain diesel connection.
+fn open_sqlite(path: &str) -> ConnectionResult<SqliteConnection> {
+    use diesel::{Connection, connection::SimpleConnection};
+    let mut conn = SqliteConnection::establish(path)?;
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
     ))
-    .await
     .map_err(ConnectionError::CouldntSetupConfiguration)?;
     Ok(conn)
 }
@@ -488,11 +570,10 @@ pub async fn row_exists(conn: &mut Conn<'_>, table: &'static str, tenant: &str, 
     let query =
         format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = {} AND id = {}", placeholders.0, placeholders.1);
     let found: Found = dispatch!(conn, |c| {
-        diesel::sql_query(query.clone())
+        let query = diesel::sql_query(query.clone())
             .bind::<diesel::sql_types::Text, _>(tenant)
-            .bind::<diesel::sql_types::Text, _>(id)
-            .get_result(c)
-            .await?
+            .bind::<diesel::sql_types::Text, _>(id);
+        prepared::Kept::fixed(query).get_result(c).await?
     });
     Ok(found.n > 0)
 }
@@ -510,20 +591,32 @@ pub fn unique_violation(error: &diesel::result::Error) -> Option<String> {
 
 /// Loads the rows of a query made by the list machinery
 /// ([`crate::query::ListPlan::sql`]), binding its parameters, on either backend.
+/// On SQLite the rows are read by diesel's own connection, on the thread
+/// the connection runs on ([`OnThisThread`]): deserialized where they are,
+/// not first copied into owned rows to cross threads.
 #[macro_export]
 macro_rules! load_sql {
-    ($conn:expr, $sql:expr) => {
-        $crate::dispatch!($conn, |c| {
-            let mut query = ::diesel::sql_query($sql.text.clone()).into_boxed();
-            for param in &$sql.params {
-                query = match param {
-                    $crate::query::spec::Param::Text(v) => query.bind::<::diesel::sql_types::Text, _>(v.clone()),
-                    $crate::query::spec::Param::BigInt(v) => query.bind::<::diesel::sql_types::BigInt, _>(*v),
-                    $crate::query::spec::Param::Double(v) => query.bind::<::diesel::sql_types::Double, _>(*v),
-                    $crate::query::spec::Param::Bool(v) => query.bind::<::diesel::sql_types::Bool, _>(*v),
-                };
+    ($conn:expr, $sql:expr) => {{
+        macro_rules! bound {
+            ($backend:ty) => {{
+                let mut query = ::diesel::sql_query($sql.text.clone()).into_boxed::<$backend>();
+                for param in &$sql.params {
+                    query = match param {
+                        $crate::query::spec::Param::Text(v) => query.bind::<::diesel::sql_types::Text, _>(v.clone()),
+                        $crate::query::spec::Param::BigInt(v) => query.bind::<::diesel::sql_types::BigInt, _>(*v),
+                        $crate::query::spec::Param::Double(v) => query.bind::<::diesel::sql_types::Double, _>(*v),
+                        $crate::query::spec::Param::Bool(v) => query.bind::<::diesel::sql_types::Bool, _>(*v),
+                    };
+                }
+                $crate::store::prepared::Kept::admitted(query, &$sql.text)
+            }};
+        }
+        match $conn {
+            $crate::store::Conn::Pg(c) => ::diesel_async::RunQueryDsl::load(bound!(::diesel::pg::Pg), &mut **c).await?,
+            $crate::store::Conn::Sqlite(c) => {
+                let query = bound!(::diesel::sqlite::Sqlite);
+                c.spawn_blocking(move |c| ::diesel::RunQueryDsl::load(query, c)).await?
             }
-            ::diesel_async::RunQueryDsl::load(query, c).await?
-        })
-    };
+        }
+    }};
 }

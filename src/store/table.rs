@@ -140,15 +140,39 @@ macro_rules! resource_table {
                     if ids.is_empty() {
                         return Ok(Vec::new());
                     }
-                    let query = $table::table
-                        .filter($table::tenant_id.eq(tenant))
-                        .filter($table::id.eq_any(ids))
-                        .order($table::id);
                     let rows: Vec<$row> = match conn {
-                        $crate::store::Conn::Pg(c) if lock => {
-                            query.select(<$row>::as_select()).for_update().load(&mut **c).await?
+                        $crate::store::Conn::Pg(c) => {
+                            // One id is `id = $2`, a statement PostgreSQL plans once
+                            // (`id = ANY($2)` is planned at every execution).
+                            let c = &mut **c;
+                            let one = $table::table.filter($table::tenant_id.eq(tenant));
+                            match (ids, lock) {
+                                ([id], true) => one.filter($table::id.eq(id)).select(<$row>::as_select()).for_update().load(c).await?,
+                                ([id], false) => one.filter($table::id.eq(id)).select(<$row>::as_select()).load(c).await?,
+                                (_, true) => one.filter($table::id.eq_any(ids)).order($table::id).select(<$row>::as_select()).for_update().load(c).await?,
+                                (_, false) => one.filter($table::id.eq_any(ids)).order($table::id).select(<$row>::as_select()).load(c).await?,
+                            }
                         }
-                        _ => $crate::dispatch!(conn, |c| query.select(<$row>::as_select()).load(c).await?),
+                        // Read by diesel's own connection on the thread it runs on
+                        // (see `load_sql!`); SQLite has one writer and needs no locks.
+                        $crate::store::Conn::Sqlite(c) => {
+                            let (tenant, ids) = (tenant.to_string(), ids.to_vec());
+                            c.spawn_blocking(move |c| {
+                                let one = $table::table.filter($table::tenant_id.eq(&tenant));
+                                // `IN (?, …)` is prepared anew for each count; one id is `id = ?`.
+                                match ids.as_slice() {
+                                    [id] => ::diesel::RunQueryDsl::load(
+                                        one.filter($table::id.eq(id)).select(<$row>::as_select()),
+                                        c,
+                                    ),
+                                    _ => ::diesel::RunQueryDsl::load(
+                                        one.filter($table::id.eq_any(&ids)).order($table::id).select(<$row>::as_select()),
+                                        c,
+                                    ),
+                                }
+                            })
+                            .await?
+                        }
                     };
                     rows.into_iter().map($crate::store::table::Row::into_domain).collect()
                 })
@@ -165,6 +189,11 @@ macro_rules! resource_table {
                     }
                     let rows = Self::rows(items)?;
                     let inserted = match conn {
+                        // One row is a statement prepared once per connection;
+                        // diesel prepares a multi-row insert at every execution.
+                        $crate::store::Conn::Pg(c) if rows.len() == 1 => {
+                            ::diesel::insert_into($table::table).values(&rows[0]).execute(&mut **c).await.map(|_| ())
+                        }
                         $crate::store::Conn::Pg(c) => {
                             ::diesel::insert_into($table::table).values(&rows).execute(&mut **c).await.map(|_| ())
                         }
@@ -203,6 +232,7 @@ macro_rules! resource_table {
                         };
                     }
                     let written = match conn {
+                        $crate::store::Conn::Pg(c) if rows.len() == 1 => upsert!(&rows[0]).execute(&mut **c).await.map(|_| ()),
                         $crate::store::Conn::Pg(c) => upsert!(&rows).execute(&mut **c).await.map(|_| ()),
                         $crate::store::Conn::Sqlite(c) => {
                             c.spawn_blocking(move |c| {
@@ -261,10 +291,4 @@ pub fn unique_error(error: diesel::result::Error, taken: impl FnOnce() -> Error)
         Some(_) => taken(),
         None => error.into(),
     }
-}
-
-/// JSON in the one spelling the domain compares (PostgreSQL's jsonb prints
-/// its own spacing and key order).
-pub fn canonical_json(text: &str) -> serde_json::Result<String> {
-    serde_json::from_str::<serde_json::Value>(text).map(|v| v.to_string())
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use metrics::{Counter, Label};
+use metrics::{Counter, Histogram, Label};
 use tokio::sync::watch;
 use tonic::body::Body as TonicBody;
 use tower::{Layer, Service};
@@ -51,23 +51,51 @@ impl CallTenant {
     }
 }
 
-/// The labels of one RPC, prepared once at start-up.
+/// The labels of one RPC and its metric handles, prepared once at
+/// start-up, so a call costs no lookup of its label set in the registry.
 #[derive(Debug)]
 struct MethodLabels {
     kind: &'static str,
-    service: String,
-    method: String,
     /// Logged at debug instead of info (health checks every few seconds).
     quiet: bool,
+    labels: Vec<Label>,
+    started: Counter,
+    received: Counter,
+    sent: Counter,
+    handling: Histogram,
+    /// `grpc_server_handled_total` by code (0 to 16), registered at the
+    /// first call that ends with the code.
+    handled: [OnceLock<Counter>; 17],
 }
 
 impl MethodLabels {
-    fn labels(&self) -> Vec<Label> {
-        vec![
-            Label::new("grpc_type", self.kind),
-            Label::new("grpc_service", self.service.clone()),
-            Label::new("grpc_method", self.method.clone()),
-        ]
+    fn new(kind: &'static str, service: &str, method: &str, quiet: bool) -> Self {
+        let labels = vec![
+            Label::new("grpc_type", kind),
+            Label::new("grpc_service", service.to_string()),
+            Label::new("grpc_method", method.to_string()),
+        ];
+        MethodLabels {
+            kind,
+            quiet,
+            started: metrics::counter!("grpc_server_started_total", labels.clone()),
+            received: metrics::counter!("grpc_server_msg_received_total", labels.clone()),
+            sent: metrics::counter!("grpc_server_msg_sent_total", labels.clone()),
+            handling: metrics::histogram!(HANDLING_SECONDS, labels.clone()),
+            handled: Default::default(),
+            labels,
+        }
+    }
+
+    fn handled(&self, code: i32) -> Counter {
+        let index = usize::try_from(code).ok().filter(|code| *code < self.handled.len()).unwrap_or(2);
+        self.handled[index]
+            .get_or_init(|| {
+                let mut labels = self.labels.clone();
+                labels.push(Label::new("grpc_code", code_name(code)));
+                metrics::counter!("grpc_server_handled_total", labels)
+            })
+            .clone()
     }
 }
 
@@ -82,6 +110,8 @@ pub struct MethodTable {
 impl MethodTable {
     /// The RPCs of these encoded `FileDescriptorSet`s.
     pub fn from_descriptor_sets(sets: &[&[u8]]) -> Result<MethodTable, prost::DecodeError> {
+        // The handles are taken from the recorder, so it is installed first.
+        super::metrics::handle();
         let mut methods = HashMap::new();
         for bytes in sets {
             let set: prost_types::FileDescriptorSet = prost::Message::decode(*bytes)?;
@@ -98,23 +128,13 @@ impl MethodTable {
                             (false, true) => "server_stream",
                             (true, true) => "bidi_stream",
                         };
-                        let labels = MethodLabels {
-                            kind,
-                            service: full.clone(),
-                            method: method.name().to_string(),
-                            quiet: full == "grpc.health.v1.Health",
-                        };
+                        let labels = MethodLabels::new(kind, &full, method.name(), full == "grpc.health.v1.Health");
                         methods.insert(format!("/{full}/{}", method.name()), Arc::new(labels));
                     }
                 }
             }
         }
-        let unknown = Arc::new(MethodLabels {
-            kind: "unknown",
-            service: "unknown".to_string(),
-            method: "unknown".to_string(),
-            quiet: false,
-        });
+        let unknown = Arc::new(MethodLabels::new("unknown", "unknown", "unknown", false));
         Ok(MethodTable { methods, unknown })
     }
 
@@ -174,15 +194,14 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path().to_string();
         let method = self.methods.get(&path);
-        let labels = method.labels();
 
         let request_id = request_id(request.headers());
         let trace = TraceContext::continue_or_start(request.headers().get(TRACEPARENT).and_then(|v| v.to_str().ok()));
         let tenant = CallTenant::default();
         request.extensions_mut().insert(tenant.clone());
 
-        metrics::counter!("grpc_server_started_total", labels.clone()).increment(1);
-        let received = metrics::counter!("grpc_server_msg_received_total", labels.clone());
+        method.started.increment(1);
+        let received = method.received.clone();
         let mut request = request.map(|body| TonicBody::new(Counted::new(body, received, None)));
 
         let (span, trace) = if super::otlp_enabled() {
@@ -236,18 +255,9 @@ where
             if let Some(value) = traceparent_value {
                 headers.insert(TRACEPARENT, value);
             }
-            let finish = Finish {
-                start,
-                header_code: grpc_status(headers),
-                method,
-                labels,
-                path,
-                request_id,
-                trace,
-                tenant,
-                span,
-            };
-            let sent = metrics::counter!("grpc_server_msg_sent_total", finish.labels.clone());
+            let finish =
+                Finish { start, header_code: grpc_status(headers), method, path, request_id, trace, tenant, span };
+            let sent = finish.method.sent.clone();
             let response = match draining {
                 Some(draining) if finish.header_code.is_none() => {
                     response.map(|body| TonicBody::new(Draining::new(body, draining)))
@@ -278,7 +288,6 @@ struct Finish {
     start: Instant,
     header_code: Option<i32>,
     method: Arc<MethodLabels>,
-    labels: Vec<Label>,
     path: String,
     request_id: String,
     trace: TraceContext,
@@ -290,10 +299,8 @@ impl Finish {
     fn record(self, code: i32) {
         let elapsed = self.start.elapsed();
         let name = code_name(code);
-        let mut labels = self.labels;
-        metrics::histogram!(HANDLING_SECONDS, labels.clone()).record(elapsed.as_secs_f64());
-        labels.push(Label::new("grpc_code", name));
-        metrics::counter!("grpc_server_handled_total", labels).increment(1);
+        self.method.handling.record(elapsed.as_secs_f64());
+        self.method.handled(code).increment(1);
 
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let server_fault = matches!(code, 2 | 13 | 14 | 15);
