@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     let sql = plan.sql(plan.anchor.as_deref(), plan.page_size + 1)?;
     let mut explain = sql.clone();
     explain.text = format!("EXPLAIN (ANALYZE, BUFFERS) {}", sql.text);
-    let mut pg = agenda::store::Conn::Pg(&mut conn);
+    let mut pg = agenda::store::Conn::Pg(&conn);
     let lines: Vec<Line> = agenda::load_sql!(&mut pg, explain);
     println!("\nSQL: {}\n\nEXPLAIN (ANALYZE, BUFFERS) of page {pages}:", sql.text);
     for line in lines {

@@ -77,6 +77,15 @@ struct Args {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long)]
     json: bool,
+    /// Callers of a second tenant (`<tenant>-flood`) flooding the server
+    /// beside the measured ones, each as fast as it is answered, backing off
+    /// as RetryInfo asks when it is shed: the measured tenant's latency
+    /// under a noisy neighbour.
+    #[arg(long, default_value_t = 0)]
+    flood: usize,
+    /// What the flooding tenant calls (default: the measured scenario).
+    #[arg(long)]
+    flood_scenario: Option<String>,
     /// Seed the tenant, then stop.
     #[arg(long)]
     seed_only: bool,
@@ -729,11 +738,64 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs one scenario on every connection × stream: warm-up, then measured.
-async fn measure(args: &Args, connections: &[Clients], scenario: Scenario, round: u64) -> anyhow::Result<Outcome> {
+/// The flooding tenant's callers, until `end`; returns its calls answered
+/// and shed.
+fn flood(
+    args: &Args,
+    flooders: &[Clients],
+    scenario: Scenario,
+    round: u64,
+    end: Instant,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    let shared = Arc::new(Shared { seed: args.seed, counter: AtomicU64::new(0), round, complete: args.complete });
+    let mut callers = Vec::new();
+    for i in 0..args.flood {
+        let (mut clients, shared) = (flooders[i % flooders.len()].clone(), shared.clone());
+        callers.push(tokio::spawn(async move {
+            let (mut answered, mut shed) = (0, 0);
+            while Instant::now() < end {
+                match scenario.call(&mut clients, &shared).await {
+                    Err(status) if status.code() == Code::ResourceExhausted => {
+                        shed += 1;
+                        let wait = tonic_types::StatusExt::get_details_retry_info(&status)
+                            .and_then(|r| r.retry_delay)
+                            .unwrap_or(Duration::from_millis(100));
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => answered += 1,
+                }
+            }
+            (answered, shed)
+        }));
+    }
+    tokio::spawn(async move {
+        let (mut answered, mut shed) = (0, 0);
+        for caller in callers {
+            if let Ok((a, s)) = caller.await {
+                answered += a;
+                shed += s;
+            }
+        }
+        (answered, shed)
+    })
+}
+
+async fn measure(
+    args: &Args,
+    connections: &[Clients],
+    flooders: &[Clients],
+    scenario: Scenario,
+    round: u64,
+) -> anyhow::Result<Outcome> {
     let shared = Arc::new(Shared { seed: args.seed, counter: AtomicU64::new(0), round, complete: args.complete });
     let start = Instant::now();
     let measured_from = start + args.warmup;
     let end = measured_from + args.duration;
+    let flooding = match &args.flood_scenario {
+        Some(name) => Scenario::parse(name).ok_or_else(|| anyhow::anyhow!("unknown scenario {name:?}"))?,
+        None => scenario,
+    };
+    let flood = (args.flood > 0).then(|| flood(args, flooders, flooding, round, end));
     let mut workers = Vec::new();
     for clients in connections {
         for _ in 0..args.streams {
@@ -772,6 +834,15 @@ async fn measure(args: &Args, connections: &[Clients], scenario: Scenario, round
     let mut tally = Tally::new()?;
     for worker in workers {
         tally.add(worker.await??)?;
+    }
+    if let Some(flood) = flood {
+        let (answered, shed) = flood.await?;
+        eprintln!(
+            "{:<27} flooded by {} callers of another tenant ({}): {answered} answered, {shed} shed as OVERLOADED",
+            "",
+            args.flood,
+            flooding.name()
+        );
     }
     Ok(Outcome {
         scenario: scenario.name(),
@@ -875,6 +946,24 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.connections.max(1) {
         connections.push(Clients::new(endpoint.connect().await?, auth.clone()));
     }
+    let mut flooders = Vec::new();
+    if args.flood > 0 {
+        // The flooding tenant: its own token, its own connections, the same seed.
+        let tenant = format!("{}-flood", args.tenant);
+        let token = agenda::devmode::mint(
+            &args.secret,
+            &tenant,
+            "load",
+            "contacts.write activities.write tasks.admin",
+            Duration::from_secs(24 * 3600),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let auth: MetadataValue<Ascii> = format!("Bearer {token}").parse()?;
+        for _ in 0..args.flood.div_ceil(8) {
+            flooders.push(Clients::new(endpoint.connect().await?, auth.clone()));
+        }
+        seed(&args, &flooders[0], 0, false).await?;
+    }
     // Each run of task.complete completes tasks no earlier run has: runs on
     // one database draw their number.
     let round = rand::rng().random_range(1..100_000);
@@ -891,7 +980,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for scenario in chosen {
-        let outcome = measure(&args, &connections, scenario, round).await?;
+        let outcome = measure(&args, &connections, &flooders, scenario, round).await?;
         print_outcome(&outcome, &args);
     }
     if let Some(pid) = args.pid

@@ -32,7 +32,9 @@ def main():
         healths = [r["rps"] for r in mine if r.get("scenario") == "health" and not r.get("ceiling")]
         health = sum(healths) / len(healths) if healths else 0
         idle = next((r["idle_rss_mib"] for r in mine if "idle_rss_mib" in r), None)
-        service = {r["scenario"]: r for r in mine if "scenario" in r and not r.get("ceiling") and r["scenario"] != "health"}
+        service = {r["scenario"]: r for r in mine
+                   if "scenario" in r and not r.get("ceiling") and not r.get("fairness") and r["scenario"] != "health"}
+        fairness = {r["fairness"]: r for r in mine if r.get("fairness")}
         sql = {r["scenario"]: r["rps"] for r in mine if r.get("ceiling")}
         peak = max((r.get("rss_mib") or 0 for r in mine if "scenario" in r and not r.get("ceiling")), default=0)
         print(f"{'PostgreSQL' if backend == 'postgres' else 'SQLite'}: health Check {health:,.0f}/s "
@@ -50,6 +52,11 @@ def main():
             p50, p99 = r["p50_ms"], r["p99_ms"]
             print(f"| {scenario}{note} | {r['rps']:,.0f}/s | {p50:.2f} | {p99:.2f} | {p99 / p50 if p50 else 0:.1f} "
                   f"| {alone:,.0f}/s | {ceiling:,.0f}/s | {ratio:.2f} | {verdict} |")
+        if "alone" in fairness and "flooded" in fairness:
+            alone, flooded = fairness["alone"], fairness["flooded"]
+            print(f"Fair sharing: one caller of a quiet tenant (contact.get) p99 {alone['p99_ms']:.2f} ms alone, "
+                  f"{flooded['p99_ms']:.2f} ms beside a flooding tenant ({flooded['p99_ms'] / alone['p99_ms']:.1f} x); "
+                  f"p50 {alone['p50_ms']:.2f} -> {flooded['p50_ms']:.2f} ms")
         print()
 
 

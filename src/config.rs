@@ -19,6 +19,10 @@
 //!   request is `RESOURCE_EXHAUSTED`.
 //! - `AGENDA_MAX_CONCURRENT_CALLS`: calls served at once per replica (default 512); beyond it calls
 //!   are shed with `RESOURCE_EXHAUSTED` / `OVERLOADED` (health and reflection always answer).
+//! - `AGENDA_TENANT_MAX_CONCURRENT_CALLS`: calls of one tenant served at once per replica (default a
+//!   quarter of `AGENDA_MAX_CONCURRENT_CALLS`); beyond it that tenant's calls are shed with
+//!   `RESOURCE_EXHAUSTED` / `OVERLOADED` (metadata `scope: tenant`), so one tenant cannot take
+//!   every call another needs.
 //! - `AGENDA_MAX_CONNECTION_AGE`: after this long a connection is asked to go away (HTTP/2 GOAWAY)
 //!   so clients reconnect and load spreads over new replicas (default 30m; `0s` turns it off).
 //! - `AGENDA_MAX_CONNECTION_AGE_GRACE`: how long calls may still run on a connection past its age
@@ -164,6 +168,9 @@ pub struct Options {
     /// Calls served at once; more are shed with RESOURCE_EXHAUSTED [default: 512].
     #[arg(long, env = "AGENDA_MAX_CONCURRENT_CALLS")]
     pub max_concurrent_calls: Option<usize>,
+    /// Calls of one tenant served at once; more of its calls are shed with RESOURCE_EXHAUSTED [default: a quarter of the calls served at once].
+    #[arg(long, env = "AGENDA_TENANT_MAX_CONCURRENT_CALLS")]
+    pub tenant_max_concurrent_calls: Option<usize>,
     /// Age after which a connection is asked to go away, so load rebalances; 0s turns it off [default: 30m].
     #[arg(long, env = "AGENDA_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -265,6 +272,8 @@ pub struct Settings {
     pub max_response_bytes: usize,
     /// Calls served at once before load is shed.
     pub max_concurrent_calls: usize,
+    /// Calls of one tenant served at once before its calls are shed.
+    pub tenant_max_concurrent_calls: usize,
     /// Connection age before GOAWAY; `None` when off.
     pub max_connection_age: Option<Duration>,
     /// How long calls may run on past the connection age.
@@ -311,6 +320,7 @@ impl fmt::Debug for Settings {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("tenant_max_concurrent_calls", &self.tenant_max_concurrent_calls)
             .field("max_connection_age", &self.max_connection_age)
             .field("max_connection_age_grace", &self.max_connection_age_grace)
             .field("http2_keepalive_interval", &self.http2_keepalive_interval)
@@ -393,6 +403,11 @@ impl Settings {
         if max_concurrent_calls == 0 {
             return Err("AGENDA_MAX_CONCURRENT_CALLS must be at least 1".into());
         }
+        let tenant_max_concurrent_calls =
+            pick!(tenant_max_concurrent_calls).unwrap_or((max_concurrent_calls / 4).max(1));
+        if tenant_max_concurrent_calls == 0 {
+            return Err("AGENDA_TENANT_MAX_CONCURRENT_CALLS must be at least 1".into());
+        }
         let tls = match (pick!(tls_cert), pick!(tls_key), pick!(tls_client_ca)) {
             (Some(cert), Some(key), client_ca) => Some(TlsFiles { cert, key, client_ca }),
             (None, None, None) => None,
@@ -421,6 +436,7 @@ impl Settings {
             max_message_bytes,
             max_response_bytes,
             max_concurrent_calls,
+            tenant_max_concurrent_calls,
             max_connection_age: Some(pick!(max_connection_age).unwrap_or(Duration::from_secs(30 * 60)))
                 .filter(|age| !age.is_zero()),
             max_connection_age_grace: pick!(max_connection_age_grace).unwrap_or(Duration::from_secs(30)),

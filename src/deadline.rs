@@ -1,5 +1,6 @@
 //! The context of the current call: its deadline, from its `grpc-timeout`,
-//! and its concurrency permit. The limits layer sets both for the call's
+//! its concurrency permit, and its ids (for log lines). The limits layer
+//! sets them for the call's
 //! future (a tokio task-local); the store reads the deadline so the database
 //! gives up when the caller has (PostgreSQL's `statement_timeout`), and
 //! carries the permit into the task that does the database work, so a call
@@ -17,6 +18,21 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// The call's share of the concurrency limit, held by every task doing its work.
     pub permit: Option<Arc<OwnedSemaphorePermit>>,
+    /// Its share of its tenant's concurrency limit, held likewise.
+    pub tenant_permit: Option<Arc<OwnedSemaphorePermit>>,
+    /// Its method, request id and trace id, which log lines about it carry.
+    pub ids: Option<Arc<CallIds>>,
+}
+
+/// What names a call in the log.
+#[derive(Debug, Clone, Default)]
+pub struct CallIds {
+    /// The RPC's path.
+    pub method: String,
+    /// The call's `x-request-id`.
+    pub request_id: String,
+    /// Its W3C trace id (hex).
+    pub trace_id: String,
 }
 
 tokio::task_local! {
@@ -35,13 +51,15 @@ impl CallContext {
     }
 }
 
-/// Runs `future` with `deadline` as the current call's deadline and `permit` as its permit.
+/// Runs `future` with `deadline` as the current call's deadline, `permit`
+/// as its permit and `ids` as its ids.
 pub async fn scope<F: Future>(
     deadline: Option<Instant>,
     permit: Option<Arc<OwnedSemaphorePermit>>,
+    ids: Option<Arc<CallIds>>,
     future: F,
 ) -> F::Output {
-    CallContext { deadline, permit }.scope(future).await
+    CallContext { deadline, permit, tenant_permit: None, ids }.scope(future).await
 }
 
 /// The current call's deadline, if it has one.

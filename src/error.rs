@@ -20,6 +20,8 @@ use std::{collections::HashMap, fmt, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::telemetry::call::{Severity, log_cause};
+
 /// The `ErrorInfo.domain` of every agenda error.
 pub const DOMAIN: &str = "agenda";
 
@@ -58,6 +60,25 @@ pub enum Reason {
     DatabaseUnavailable,
     MethodUnknown,
     Internal,
+}
+
+/// Whose limit an `OVERLOADED` call met (its metadata `scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// The replica's: `AGENDA_MAX_CONCURRENT_CALLS`, or its most watch streams.
+    Server,
+    /// The caller's tenant's: `AGENDA_TENANT_MAX_CONCURRENT_CALLS`.
+    Tenant,
+}
+
+impl Overload {
+    /// Its metadata value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overload::Server => "server",
+            Overload::Tenant => "tenant",
+        }
+    }
 }
 
 impl Reason {
@@ -152,9 +173,10 @@ pub enum Error {
     /// The system is not in the state the call needs.
     #[error("{message}")]
     FailedPrecondition { reason: Reason, subject: String, message: String },
-    /// The server is shedding load.
-    #[error("the server is overloaded; retry with backoff")]
-    Overloaded,
+    /// The server is shedding load: the replica's calls, or the caller's
+    /// tenant's, are at their limit.
+    #[error("the server is overloaded ({}); retry with backoff", scope.as_str())]
+    Overloaded { scope: Overload },
     /// A change-feed cursor points before the oldest change kept.
     #[error("changes after the cursor were purged; the oldest kept is {oldest_sequence}")]
     CursorExpired { oldest_sequence: i64 },
@@ -185,6 +207,10 @@ pub enum Error {
     /// logged, never sent.
     #[error("database unavailable: {0}")]
     Database(String),
+    /// No pooled database connection came free in time: the replica is
+    /// busy, the database may be fine; retryable.
+    #[error("no database connection came free in time")]
+    PoolBusy,
     /// A bug or an unexpected state. The cause is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -210,7 +236,7 @@ impl Error {
             Error::NotFound { .. } => Reason::NotFound,
             Error::Duplicate { .. } => Reason::Duplicate,
             Error::EtagMismatch { .. } => Reason::EtagMismatch,
-            Error::Overloaded => Reason::Overloaded,
+            Error::Overloaded { .. } => Reason::Overloaded,
             Error::CursorExpired { .. } => Reason::CursorExpired,
             Error::WatchEnded { .. } => Reason::WatchEnded,
             Error::MessageTooLarge { .. } | Error::ResponseTooLarge { .. } => Reason::MessageTooLarge,
@@ -218,7 +244,7 @@ impl Error {
             Error::Conflict(_) => Reason::ConcurrentWrite,
             Error::DeadlineExceeded => Reason::DeadlineExceeded,
             Error::UnknownMethod(_) => Reason::MethodUnknown,
-            Error::Database(_) => Reason::DatabaseUnavailable,
+            Error::Database(_) | Error::PoolBusy => Reason::DatabaseUnavailable,
             Error::Internal(_) => Reason::Internal,
         }
     }
@@ -296,7 +322,10 @@ pub fn classify_database_error(error: &diesel::result::Error) -> Error {
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
     fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        Error::Database(error.to_string())
+        match error {
+            deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait) => Error::PoolBusy,
+            error => Error::Database(error.to_string()),
+        }
     }
 }
 
@@ -382,9 +411,14 @@ impl From<Error> for Status {
                     format!("This watch {why}; watch again with start_after = {resume_after} to resume without loss."),
                 )
             }
-            Error::Overloaded => {
+            Error::Overloaded { scope } => {
                 details.set_retry_info(Some(Duration::from_millis(100)));
-                (Code::ResourceExhausted, "The server is overloaded; retry with backoff.".to_string())
+                metadata.insert("scope".to_string(), scope.as_str().to_string());
+                let message = match scope {
+                    Overload::Server => "The server is overloaded; retry with backoff.",
+                    Overload::Tenant => "Your tenant has as many calls running on this server as it may; retry with backoff.",
+                };
+                (Code::ResourceExhausted, message.to_string())
             }
             Error::MessageTooLarge { limit } => {
                 metadata.insert("limit_bytes".to_string(), limit.to_string());
@@ -409,7 +443,7 @@ impl From<Error> for Status {
                 )
             }
             Error::Conflict(cause) => {
-                tracing::info!(error = %cause, "transaction conflict");
+                log_cause(Severity::Info, "transaction conflict", &cause);
                 details.set_retry_info(Some(Duration::from_millis(50)));
                 (Code::Aborted, "Another call changed the same data at the same time; retry the call.".to_string())
             }
@@ -418,12 +452,17 @@ impl From<Error> for Status {
             }
             Error::UnknownMethod(path) => (Code::Unimplemented, format!("The method {path} does not exist.")),
             Error::Database(cause) => {
-                tracing::error!(error = %cause, "database failure");
+                log_cause(Severity::Error, "database failure", &cause);
                 details.set_retry_info(Some(Duration::from_secs(1)));
                 (Code::Unavailable, "The database is unavailable; retry with backoff.".to_string())
             }
+            Error::PoolBusy => {
+                log_cause(Severity::Error, "database failure", &"no pooled connection came free in time");
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, "No database connection came free in time; retry with backoff.".to_string())
+            }
             Error::Internal(cause) => {
-                tracing::error!(error = %cause, "internal error");
+                log_cause(Severity::Error, "internal error", &cause);
                 (Code::Internal, "An internal error occurred; it has been logged.".to_string())
             }
         };

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, Overload, Result},
     store::{
         Db,
         change::{self, ChangeRow},
@@ -249,7 +249,12 @@ impl Feed {
     /// A place for one more watch stream; `OVERLOADED` when the replica has
     /// its most streams open.
     pub fn reserve(&self) -> Result<WatcherSlot> {
-        let permit = self.inner.watchers.clone().try_acquire_owned().map_err(|_| Error::Overloaded)?;
+        let permit = self
+            .inner
+            .watchers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded { scope: Overload::Server })?;
         metrics::watcher_opened();
         Ok(WatcherSlot { _permit: permit })
     }

@@ -79,7 +79,7 @@ impl Reminders {
                                     tasks.insert(key, service::task::to_proto(&task).encode_to_vec());
                                 }
                             }
-                            let changes = due
+                            let changes: Vec<ChangeRow> = due
                                 .into_iter()
                                 .map(|r| ChangeRow {
                                     resource: tasks.remove(&(r.tenant_id.clone(), r.id.clone())),
@@ -95,7 +95,7 @@ impl Reminders {
                                     diff: JsonText("[]".to_string()),
                                 })
                                 .collect();
-                            Ok((store::change::append(c, changes).await?, count))
+                            Ok((store::change::append(c, &changes).await?, count))
                         })
                     },
                     move |(woken, _): &(Vec<String>, usize)| feed.committed(woken),

@@ -18,7 +18,7 @@ use crate::{
     auth::{AuthLayer, Authorizer, ScopeMap, Verifier, VerifierConfig},
     config::Settings,
     feed::Feed,
-    limits::LimitLayer,
+    limits::{LimitLayer, TenantLimitLayer},
     listener::{self, TlsReloader},
     service::{
         activity::{ActivityApi, ActivityResource},
@@ -34,6 +34,9 @@ use crate::{
         call::{CallLayer, MethodTable},
     },
 };
+
+/// The most bytes of metadata (HTTP/2 headers) a call may carry.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// The gRPC services whose health is reported besides the overall `""`.
 const SERVICES: &[&str] = &[
@@ -175,6 +178,9 @@ impl Application {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
         let mut builder = Server::builder()
+            // A call's metadata (headers) may be 16 KiB; a peer sending more is
+            // refused at the HTTP/2 level (GOAWAY ENHANCE_YOUR_CALM).
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout));
         if let Some(age) = settings.max_connection_age {
@@ -187,6 +193,7 @@ impl Application {
             .layer(CallLayer::new(self.methods, draining_rx))
             .layer(LimitLayer::new(settings.max_concurrent_calls, max))
             .layer(AuthLayer::new(self.authorizer))
+            .layer(TenantLimitLayer::new(settings.tenant_max_concurrent_calls))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -258,7 +265,8 @@ async fn monitor_health(db: Db, reporter: HealthReporter, every: Duration) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let up = db.ping().await;
+        // A busy pool keeps the status as it is: the database may well be up.
+        let Some(up) = db.ping().await else { continue };
         if up != serving {
             serving = up;
             if up {

@@ -10,7 +10,7 @@
 //! Each single call is the batch of one, so both behave the same. A batch is
 //! one transaction: all items or none, and the error names the item.
 
-use std::{collections::HashMap, marker::PhantomData, time::Duration};
+use std::{collections::HashMap, marker::PhantomData, sync::Arc, time::Duration};
 
 use prost::Message;
 use prost_types::FieldMask;
@@ -365,13 +365,27 @@ impl<R: Resource> Pipeline<R> {
                             mutations.iter().filter(|m| m.before.is_some()).map(|m| m.after.clone()).collect();
                         created.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
                         updated.sort_by(|a, b| a.meta.id.cmp(&b.meta.id));
-                        R::Table::insert_many(c, &created).await?;
-                        R::Table::write_many(c, &updated).await?;
-                        let changes = mutations.iter().map(journal_entry::<R>).collect::<Result<Vec<_>>>()?;
+                        let changes = Arc::new(mutations.iter().map(journal_entry::<R>).collect::<Result<Vec<_>>>()?);
                         let comments: Vec<Option<RichText>> = mutations.into_iter().map(|m| m.comment).collect();
-                        R::journal(c, &changes, &comments).await?;
-                        let woken = store::change::append(c, changes).await?;
-                        let context = R::context(c, &caller).await?;
+                        let woken = store::change::tenants(&changes);
+                        // The writes and the read of the answer's context need nothing
+                        // from each other: on PostgreSQL they go out together.
+                        let (journaled, appended) = (changes.clone(), changes);
+                        let writes: Vec<store::Step> = vec![
+                            Box::new(move |c| Box::pin(async move { R::Table::insert_many(c, &created).await })),
+                            Box::new(move |c| Box::pin(async move { R::Table::write_many(c, &updated).await })),
+                            Box::new(move |c| Box::pin(async move { R::journal(c, &journaled, &comments).await })),
+                            Box::new(move |c| {
+                                Box::pin(async move { store::change::append(c, &appended).await.map(|_| ()) })
+                            }),
+                        ];
+                        let reader = caller.clone();
+                        let ((), context) = c
+                            .both(
+                                move |c| Box::pin(async move { c.all(writes).await }),
+                                move |c| Box::pin(async move { R::context(c, &reader).await }),
+                            )
+                            .await?;
                         for proto in &mut answer {
                             R::present(proto, &context);
                         }
@@ -843,7 +857,7 @@ impl<R: Resource> Pipeline<R> {
                             .map(|after| journal_entry::<R>(&Mutation::new(0, None, after, api::ChangeKind::Created)))
                             .collect::<Result<Vec<_>>>()?;
                         let count = changes.len();
-                        Ok((store::change::append(c, changes).await?, count))
+                        Ok((store::change::append(c, &changes).await?, count))
                     })
                 },
                 move |(woken, _): &(Vec<String>, usize)| feed.committed(woken),
@@ -867,7 +881,7 @@ impl<R: Resource> Pipeline<R> {
                             let now = now_micros();
                             let purged = R::Table::purge_expired(c, now, BATCH).await?;
                             let count = purged.len();
-                            let changes = purged
+                            let changes: Vec<ChangeRow> = purged
                                 .into_iter()
                                 .map(|p| ChangeRow {
                                     tenant_id: p.tenant,
@@ -883,7 +897,7 @@ impl<R: Resource> Pipeline<R> {
                                     resource: None,
                                 })
                                 .collect();
-                            Ok((store::change::append(c, changes).await?, count))
+                            Ok((store::change::append(c, &changes).await?, count))
                         })
                     },
                     move |(woken, _): &(Vec<String>, usize)| feed.committed(woken),

@@ -311,7 +311,7 @@ pub async fn lock_tree(conn: &mut Conn<'_>, tenant: &str) -> Result<()> {
     if let Conn::Pg(c) = conn {
         diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended('agenda.activity_tree:' || $1, 0))")
             .bind::<diesel::sql_types::Text, _>(tenant)
-            .execute(&mut **c)
+            .execute(&mut *c)
             .await?;
     }
     Ok(())
@@ -457,7 +457,7 @@ pub async fn append_revisions(conn: &mut Conn<'_>, rows: Vec<RevisionRow>) -> Re
     }
     match conn {
         Conn::Pg(c) => {
-            diesel::insert_into(activity_revisions::table).values(&rows).execute(&mut **c).await?;
+            diesel::insert_into(activity_revisions::table).values(&rows).execute(&mut *c).await?;
         }
         Conn::Sqlite(c) => {
             c.spawn_blocking(move |c| {
@@ -505,7 +505,7 @@ pub async fn revision(
         .filter(activity_revisions::activity_id.eq(activity_id))
         .filter(activity_revisions::revision.eq(revision));
     Ok(match conn {
-        Conn::Pg(c) => query.select(RevisionRow::as_select()).for_update().first(&mut **c).await.optional()?,
+        Conn::Pg(c) => query.select(RevisionRow::as_select()).for_update().first(&mut *c).await.optional()?,
         _ => dispatch!(conn, |c| query.select(RevisionRow::as_select()).first(c).await.optional()?),
     })
 }

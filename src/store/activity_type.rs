@@ -128,7 +128,7 @@ pub async fn seed(conn: &mut Conn<'_>, types: &[ActivityType]) -> Result<Vec<Act
                 .values(&rows)
                 .on_conflict_do_nothing()
                 .returning(ActivityTypeRow::as_returning())
-                .get_results(&mut **c)
+                .get_results(&mut *c)
                 .await?
         }
         Conn::Sqlite(c) => {
@@ -165,7 +165,7 @@ pub async fn live_keys(conn: &mut Conn<'_>, tenant: &str, keys: &[String]) -> Re
         .order(activity_types::id)
         .select(activity_types::id);
     Ok(match conn {
-        Conn::Pg(c) => query.for_share().load(&mut **c).await?,
+        Conn::Pg(c) => query.for_share().load(&mut *c).await?,
         Conn::Sqlite(c) => query.load(&mut **c).await?,
     })
 }

@@ -105,7 +105,7 @@ async fn take_sequences(conn: &mut Conn<'_>, tenant: &str, count: i64) -> Result
 /// tenants, to wake their watchers once committed (the feed also NOTIFYs
 /// the other replicas then: a NOTIFY inside the transaction would make
 /// PostgreSQL serialize the commits of every tenant).
-pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<String>> {
+pub async fn append(conn: &mut Conn<'_>, new: &[ChangeRow]) -> Result<Vec<String>> {
     if new.is_empty() {
         return Ok(Vec::new());
     }
@@ -113,9 +113,7 @@ pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<Stri
         return Err(crate::error::Error::Internal("too many changes in one transaction".into()));
     }
     let count = new.len();
-    let mut tenants: Vec<String> = new.iter().map(|c| c.tenant_id.clone()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
+    let tenants = tenants(new);
     match conn {
         Conn::Pg(c) => {
             use diesel::sql_types::{BigInt, Binary, Integer, Nullable, Text};
@@ -146,35 +144,32 @@ pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<Stri
             let mut query = diesel::sql_query(text).into_boxed::<diesel::pg::Pg>();
             for row in new {
                 query = query
-                    .bind::<Text, _>(row.tenant_id)
+                    .bind::<Text, _>(&row.tenant_id)
                     .bind::<Integer, _>(row.resource_type)
-                    .bind::<Text, _>(row.resource_id)
+                    .bind::<Text, _>(&row.resource_id)
                     .bind::<Integer, _>(row.kind)
                     .bind::<BigInt, _>(row.revision)
-                    .bind::<Text, _>(row.actor)
-                    .bind::<Nullable<Text>, _>(row.request_id)
+                    .bind::<Text, _>(&row.actor)
+                    .bind::<Nullable<Text>, _>(&row.request_id)
                     .bind::<BigInt, _>(row.time)
-                    .bind::<Text, _>(row.diff.0)
-                    .bind::<Nullable<Binary>, _>(row.resource);
+                    .bind::<Text, _>(&row.diff.0)
+                    .bind::<Nullable<Binary>, _>(&row.resource);
             }
             // One change (the common write) is a fixed text, kept prepared.
             if count == 1 {
-                super::prepared::Kept::fixed(query).execute(&mut **c).await?;
+                super::prepared::Kept::fixed(query).execute(&mut *c).await?;
             } else {
-                query.execute(&mut **c).await?;
+                query.execute(&mut *c).await?;
             }
         }
         Conn::Sqlite(_) => {
             let mut rows = Vec::with_capacity(new.len());
-            let mut pending = new;
             for tenant in &tenants {
-                let (mine, rest): (Vec<ChangeRow>, Vec<ChangeRow>) =
-                    pending.into_iter().partition(|c| c.tenant_id == *tenant);
-                pending = rest;
+                let mine: Vec<&ChangeRow> = new.iter().filter(|c| c.tenant_id == *tenant).collect();
                 let count = i64::try_from(mine.len()).unwrap_or(i64::MAX);
                 let first = take_sequences(conn, tenant, count).await? - count + 1;
                 for (offset, change) in mine.into_iter().enumerate() {
-                    rows.push(ChangeRow { sequence: first + offset as i64, ..change });
+                    rows.push(ChangeRow { sequence: first + offset as i64, ..change.clone() });
                 }
             }
             if let Conn::Sqlite(c) = conn {
@@ -189,6 +184,14 @@ pub async fn append(conn: &mut Conn<'_>, new: Vec<ChangeRow>) -> Result<Vec<Stri
         }
     }
     Ok(tenants)
+}
+
+/// The tenants of `changes`, each once, in name order.
+pub fn tenants(changes: &[ChangeRow]) -> Vec<String> {
+    let mut tenants: Vec<String> = changes.iter().map(|c| c.tenant_id.clone()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    tenants
 }
 
 /// Up to `limit` changes of `tenant` after `after`, in sequence order, below
@@ -259,7 +262,7 @@ pub async fn purge_expired(conn: &mut Conn<'_>, before: i64, limit: i64) -> Resu
             )
             .bind::<diesel::sql_types::BigInt, _>(before)
             .bind::<diesel::sql_types::BigInt, _>(limit)
-            .load(&mut **c)
+            .load(&mut *c)
             .await?
         }
         Conn::Sqlite(c) => {
@@ -269,7 +272,7 @@ pub async fn purge_expired(conn: &mut Conn<'_>, before: i64, limit: i64) -> Resu
             )
             .bind::<diesel::sql_types::BigInt, _>(before)
             .bind::<diesel::sql_types::BigInt, _>(limit)
-            .load(&mut **c)
+            .load(&mut *c)
             .await?
         }
     };
@@ -307,7 +310,7 @@ pub async fn notify(conn: &mut Conn<'_>, tenants: &[String]) -> Result<()> {
         let query = diesel::sql_query("SELECT pg_notify($1, tenant) FROM unnest($2) AS tenant")
             .bind::<diesel::sql_types::Text, _>(NOTIFY_CHANNEL)
             .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(tenants);
-        super::prepared::Kept::fixed(query).execute(&mut **c).await?;
+        super::prepared::Kept::fixed(query).execute(&mut *c).await?;
     }
     Ok(())
 }

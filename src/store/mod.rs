@@ -66,6 +66,8 @@ const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqli
 
 /// How long a call waits for a pooled connection before it is UNAVAILABLE.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long the health check waits for the database to answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long SQLite waits for a lock before it reports "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
 /// Arbitrary key of the advisory lock that serializes migrations of replicas.
@@ -74,16 +76,64 @@ const PG_MIGRATION_LOCK: i64 = 0x6167_656e_6461;
 /// A connection of either backend, borrowed for one query or transaction.
 /// Store functions take `&mut Conn` so they run inside or outside a transaction.
 pub enum Conn<'a> {
-    /// PostgreSQL.
-    Pg(&'a mut AsyncPgConnection),
+    /// PostgreSQL, shared so that independent statements can be sent
+    /// together ([`Conn::all`]).
+    Pg(&'a AsyncPgConnection),
     /// SQLite.
     Sqlite(&'a mut SqliteConn),
 }
+
+/// Statements run by [`Conn::all`], with everything they need moved in.
+pub type Step = Box<dyn for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, ()> + Send>;
 
 impl Conn<'_> {
     /// Whether this is a PostgreSQL connection.
     pub fn is_pg(&self) -> bool {
         matches!(self, Conn::Pg(_))
+    }
+
+    /// Runs steps that need nothing from each other's results: on
+    /// PostgreSQL at once, so that their statements go out together and
+    /// come back in one round trip (pipelining; the server still runs them
+    /// in the order given); on SQLite one after another. The error is the
+    /// first step's to fail, in the order given: after a failed statement
+    /// PostgreSQL refuses the rest of the transaction, and the caller rolls
+    /// it back.
+    pub async fn all(&mut self, steps: Vec<Step>) -> Result<()> {
+        match self {
+            Conn::Pg(pg) => {
+                let pg: &AsyncPgConnection = pg;
+                let mut conns: Vec<Conn<'_>> = steps.iter().map(|_| Conn::Pg(pg)).collect();
+                let runs = steps.into_iter().zip(conns.iter_mut()).map(|(step, conn)| step(conn));
+                futures::future::join_all(runs).await.into_iter().collect()
+            }
+            Conn::Sqlite(_) => {
+                for step in steps {
+                    step(self).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Conn::all`] of two steps that answer with a value each.
+    pub async fn both<A, B, FA, FB>(&mut self, a: FA, b: FB) -> Result<(A, B)>
+    where
+        FA: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, A>,
+        FB: for<'a, 'b> FnOnce(&'a mut Conn<'b>) -> TxFuture<'a, B>,
+    {
+        match self {
+            Conn::Pg(pg) => {
+                let pg: &AsyncPgConnection = pg;
+                let (mut first, mut second) = (Conn::Pg(pg), Conn::Pg(pg));
+                let (a, b) = futures::join!(a(&mut first), b(&mut second));
+                Ok((a?, b?))
+            }
+            Conn::Sqlite(_) => {
+                let a = a(self).await?;
+                Ok((a, b(self).await?))
+            }
+        }
     }
 }
 
@@ -94,7 +144,7 @@ macro_rules! dispatch {
     ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
             $crate::store::Conn::Pg(inner) => {
-                let $c: &mut ::diesel_async::AsyncPgConnection = &mut **inner;
+                let $c: &mut &::diesel_async::AsyncPgConnection = &mut *inner;
                 $body
             }
             $crate::store::Conn::Sqlite(inner) => {
@@ -198,15 +248,21 @@ impl Db {
                     let Some(object) = guard.0.as_mut() else {
                         return Err(Error::Internal("the pooled connection vanished".into()));
                     };
-                    let conn: &mut AsyncPgConnection = object;
-                    let timeout = statement_timeout_ms()?;
-                    if let Some(ms) = timeout {
-                        conn.batch_execute(&format!("SET statement_timeout = {ms}")).await?;
-                    }
-                    let result = body(&mut Conn::Pg(conn)).await;
-                    if timeout.is_some() {
-                        conn.batch_execute("RESET statement_timeout").await?;
-                    }
+                    let conn: &AsyncPgConnection = object;
+                    let result = match statement_timeout_ms()? {
+                        None => body(&mut Conn::Pg(conn)).await,
+                        Some(ms) => {
+                            // The SET goes out with the read's first statement (both
+                            // pipelined); the RESET follows, so the connection goes back
+                            // to its pool as it came.
+                            let set = format!("SET statement_timeout = {ms}");
+                            let (mut setter, mut reader) = (conn, Conn::Pg(conn));
+                            let (set, result) = futures::join!(setter.batch_execute(&set), body(&mut reader));
+                            (&mut &*conn).batch_execute("RESET statement_timeout").await?;
+                            set?;
+                            result
+                        }
+                    };
                     past_deadline(result)
                 }
                 Db::Sqlite { readers, .. } => {
@@ -265,25 +321,35 @@ impl Db {
     {
         match self {
             Db::Pg(pool) => {
-                let mut object = timed_get(pool, "postgres").await?;
-                let conn: &mut AsyncPgConnection = &mut object;
-                let timeout = statement_timeout_ms()?;
-                let result = conn
-                    .transaction(async move |tx: &mut AsyncPgConnection| {
-                        // The database stops when the caller has: a statement still
-                        // running (or waiting on a lock) at the deadline is cancelled.
-                        if let Some(ms) = timeout {
-                            tx.batch_execute(&format!("SET LOCAL statement_timeout = {ms}")).await?;
-                        }
-                        let mut conn = Conn::Pg(tx);
-                        let value = body(&mut conn).await?;
-                        // The caller has been told DEADLINE_EXCEEDED: roll back.
-                        if deadline::remaining().is_some_and(|left| left.is_zero()) {
-                            return Err(Error::DeadlineExceeded);
-                        }
-                        Ok(value)
-                    })
-                    .await;
+                let mut guard = PanicGuard(Some(timed_get(pool, "postgres").await?));
+                let Some(object) = guard.0.as_mut() else {
+                    return Err(Error::Internal("the pooled connection vanished".into()));
+                };
+                let conn: &AsyncPgConnection = object;
+                // The transaction is begun and ended here, not by diesel's transaction
+                // manager, so that its statements can be pipelined (`Conn::all`); a
+                // panic inside discards the connection (`PanicGuard`). The database
+                // stops when the caller has: with a deadline, a statement still
+                // running (or waiting on a lock) at the deadline is cancelled.
+                let begin = match statement_timeout_ms()? {
+                    Some(ms) => format!("BEGIN; SET LOCAL statement_timeout = {ms}"),
+                    None => "BEGIN".to_string(),
+                };
+                (&mut &*conn).batch_execute(&begin).await?;
+                let result = match body(&mut Conn::Pg(conn)).await {
+                    // The caller has been told DEADLINE_EXCEEDED: roll back.
+                    Ok(_) if deadline::remaining().is_some_and(|left| left.is_zero()) => Err(Error::DeadlineExceeded),
+                    Ok(value) => match (&mut &*conn).batch_execute("COMMIT").await {
+                        Ok(()) => return Ok(value),
+                        Err(error) => Err(error.into()),
+                    },
+                    Err(error) => Err(error),
+                };
+                // A ROLLBACK that fails leaves the connection broken (closed), and the
+                // pool drops it.
+                if let Err(error) = (&mut &*conn).batch_execute("ROLLBACK").await {
+                    tracing::warn!(%error, "rolling back failed");
+                }
                 past_deadline(result)
             }
             Db::Sqlite { writer, .. } => {
@@ -326,16 +392,43 @@ impl Db {
         }
     }
 
-    /// Whether the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
-        let ping = self.read(|conn| {
-            Box::pin(async move {
-                // A query that reads the schema, so a broken SQLite file shows too.
-                dispatch!(conn, |c| c.batch_execute("SELECT count(*) FROM contacts WHERE false").await)?;
-                Ok(())
-            })
-        });
-        matches!(tokio::time::timeout(Duration::from_secs(3), ping).await, Ok(Ok(())))
+    /// Whether the database answers a trivial query: `Some(true)` it does,
+    /// `Some(false)` it fails or does not answer within 3 s, `None` no
+    /// pooled connection came free to ask it (the replica is busy, which
+    /// says nothing about the database).
+    pub async fn ping(&self) -> Option<bool> {
+        // A query that reads the schema, so a broken SQLite file shows too.
+        const PING: &str = "SELECT count(*) FROM contacts WHERE false";
+        let timeouts = deadpool::managed::Timeouts {
+            wait: Some(Duration::from_secs(1)),
+            create: Some(PING_TIMEOUT),
+            recycle: Some(PING_TIMEOUT),
+        };
+        let busy = |error: &diesel_async::pooled_connection::deadpool::PoolError| {
+            matches!(error, deadpool::managed::PoolError::Timeout(deadpool::managed::TimeoutType::Wait))
+        };
+        let answered = match self {
+            Db::Pg(pool) => match pool.timeout_get(&timeouts).await {
+                Ok(object) => {
+                    let conn: &AsyncPgConnection = &object;
+                    tokio::time::timeout(PING_TIMEOUT, (&mut &*conn).batch_execute(PING)).await.is_ok_and(|r| r.is_ok())
+                }
+                Err(error) if busy(&error) => return None,
+                Err(_) => false,
+            },
+            Db::Sqlite { readers, .. } => match readers.timeout_get(&timeouts).await {
+                Ok(object) => {
+                    let query = on_blocking_thread(move || async move {
+                        let mut object = object;
+                        Ok(object.batch_execute(PING).await?)
+                    });
+                    tokio::time::timeout(PING_TIMEOUT, query).await.is_ok_and(|r| r.is_ok())
+                }
+                Err(error) if busy(&error) => return None,
+                Err(_) => false,
+            },
+        };
+        Some(answered)
     }
 
     /// Applies pending migrations. Replicas starting together on PostgreSQL
@@ -612,7 +705,7 @@ macro_rules! load_sql {
             }};
         }
         match $conn {
-            $crate::store::Conn::Pg(c) => ::diesel_async::RunQueryDsl::load(bound!(::diesel::pg::Pg), &mut **c).await?,
+            $crate::store::Conn::Pg(c) => ::diesel_async::RunQueryDsl::load(bound!(::diesel::pg::Pg), &mut *c).await?,
             $crate::store::Conn::Sqlite(c) => {
                 let query = bound!(::diesel::sqlite::Sqlite);
                 c.spawn_blocking(move |c| ::diesel::RunQueryDsl::load(query, c)).await?

@@ -82,7 +82,7 @@ pub async fn claim_many(
                 .values(&rows)
                 .on_conflict_do_nothing()
                 .returning(request_ids::request_id)
-                .get_results(&mut **c)
+                .get_results(&mut *c)
                 .await?
         }
         Conn::Sqlite(c) => {

@@ -144,7 +144,7 @@ macro_rules! resource_table {
                         $crate::store::Conn::Pg(c) => {
                             // One id is `id = $2`, a statement PostgreSQL plans once
                             // (`id = ANY($2)` is planned at every execution).
-                            let c = &mut **c;
+                            let c = &mut *c;
                             let one = $table::table.filter($table::tenant_id.eq(tenant));
                             match (ids, lock) {
                                 ([id], true) => one.filter($table::id.eq(id)).select(<$row>::as_select()).for_update().load(c).await?,
@@ -192,10 +192,10 @@ macro_rules! resource_table {
                         // One row is a statement prepared once per connection;
                         // diesel prepares a multi-row insert at every execution.
                         $crate::store::Conn::Pg(c) if rows.len() == 1 => {
-                            ::diesel::insert_into($table::table).values(&rows[0]).execute(&mut **c).await.map(|_| ())
+                            ::diesel::insert_into($table::table).values(&rows[0]).execute(&mut *c).await.map(|_| ())
                         }
                         $crate::store::Conn::Pg(c) => {
-                            ::diesel::insert_into($table::table).values(&rows).execute(&mut **c).await.map(|_| ())
+                            ::diesel::insert_into($table::table).values(&rows).execute(&mut *c).await.map(|_| ())
                         }
                         $crate::store::Conn::Sqlite(c) => {
                             c.spawn_blocking(move |c| {
@@ -232,8 +232,8 @@ macro_rules! resource_table {
                         };
                     }
                     let written = match conn {
-                        $crate::store::Conn::Pg(c) if rows.len() == 1 => upsert!(&rows[0]).execute(&mut **c).await.map(|_| ()),
-                        $crate::store::Conn::Pg(c) => upsert!(&rows).execute(&mut **c).await.map(|_| ()),
+                        $crate::store::Conn::Pg(c) if rows.len() == 1 => upsert!(&rows[0]).execute(&mut *c).await.map(|_| ()),
+                        $crate::store::Conn::Pg(c) => upsert!(&rows).execute(&mut *c).await.map(|_| ()),
                         $crate::store::Conn::Sqlite(c) => {
                             c.spawn_blocking(move |c| {
                                 for row in &rows {

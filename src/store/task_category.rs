@@ -149,7 +149,7 @@ pub async fn live(conn: &mut Conn<'_>, tenant: &str, ids: &[String]) -> Result<V
         .order(task_categories::id)
         .select(task_categories::id);
     Ok(match conn {
-        Conn::Pg(c) => query.for_share().load(&mut **c).await?,
+        Conn::Pg(c) => query.for_share().load(&mut *c).await?,
         Conn::Sqlite(c) => query.load(&mut **c).await?,
     })
 }

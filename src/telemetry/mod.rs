@@ -35,6 +35,8 @@ pub(crate) fn otlp_enabled() -> bool {
 #[must_use = "call shutdown() before exiting so that buffered spans are exported"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Writes out the queued log lines when dropped (at the end of `main`).
+    _flush: tracing_appender::non_blocking::WorkerGuard,
 }
 
 impl Telemetry {
@@ -56,11 +58,20 @@ pub fn init(format: LogFormat) -> Telemetry {
     let provider = otlp_provider();
     let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("agenda")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Lines are formatted by the caller and written by a thread of their
+    // own, as many at once as are waiting: a call costs no write system call
+    // of its own. A caller waits only when 128k lines are queued.
+    let (writer, flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("agenda-log")
+        .finish(std::io::BufWriter::new(std::io::stdout()));
     let result = match format {
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_current_span(true).with_span_list(false).with_target(true))
+            .with(
+                fmt::layer().json().with_current_span(true).with_span_list(false).with_target(true).with_writer(writer),
+            )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer().with_target(false).with_writer(writer)).try_init(),
     };
     if let Err(error) = result {
         eprintln!("logging was already set up: {error}");
@@ -69,7 +80,7 @@ pub fn init(format: LogFormat) -> Telemetry {
         OTLP_ENABLED.store(true, Ordering::Relaxed);
         tracing::info!("exporting spans over OTLP");
     }
-    Telemetry { provider }
+    Telemetry { provider, _flush: flush }
 }
 
 /// A tracer provider exporting to `OTEL_EXPORTER_OTLP_ENDPOINT`, when set.

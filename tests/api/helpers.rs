@@ -515,6 +515,10 @@ pub async fn count_rows(app: &TestApp, table: &str) -> i64 {
 pub struct PgCluster {
     port: u16,
     counter: AtomicUsize,
+    bin: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
 }
 
 static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
@@ -522,10 +526,7 @@ const TEMPLATE: &str = "agenda_template";
 
 /// The cluster, started on first use.
 pub fn postgres() -> &'static PgCluster {
-    CLUSTER.get_or_init(|| {
-        // Started on its own thread: it runs migrations on a runtime of its own.
-        std::thread::spawn(PgCluster::start).join().expect("starting PostgreSQL panicked")
-    })
+    CLUSTER.get_or_init(PgCluster::dedicated)
 }
 
 fn pg_bin_dir() -> PathBuf {
@@ -577,6 +578,27 @@ fn run(mut command: Command, what: &str) {
 }
 
 impl PgCluster {
+    /// A cluster of its own, for a test that stops and starts it.
+    pub fn dedicated() -> PgCluster {
+        // Started on its own thread: it runs migrations on a runtime of its own.
+        std::thread::spawn(PgCluster::start).join().expect("starting PostgreSQL panicked")
+    }
+
+    /// Stops the cluster (`pg_ctl stop -m fast`: open connections are ended).
+    pub fn stop(&self) {
+        let mut stop = pg_command(&self.bin, "pg_ctl");
+        stop.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts the stopped cluster again on its port; returns once it accepts
+    /// connections.
+    pub fn resume(&self) {
+        let mut start = pg_command(&self.bin, "pg_ctl");
+        start.arg("-D").arg(&self.data).arg("-l").arg(&self.log).arg("-o").arg(&self.options).args(["-w", "start"]);
+        run(start, "pg_ctl start");
+    }
+
     // The reaper must outlive this process, so it is never waited on.
     #[allow(clippy::zombie_processes)]
     fn start() -> PgCluster {
@@ -606,6 +628,11 @@ impl PgCluster {
         ]);
         run(initdb, "initdb");
         let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=400",
+            dir.display()
+        );
         let mut start = pg_command(&bin, "pg_ctl");
         start
             .arg("-D")
@@ -613,11 +640,7 @@ impl PgCluster {
             .arg("-l")
             .arg(dir.join("postgres.log"))
             .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=400",
-                dir.display()
-            ))
+            .arg(&options)
             .args(["-w", "start"]);
         run(start, "pg_ctl start");
 
@@ -638,7 +661,8 @@ impl PgCluster {
             .spawn()
             .expect("spawn the PostgreSQL reaper");
 
-        let cluster = PgCluster { port, counter: AtomicUsize::new(0) };
+        let cluster =
+            PgCluster { port, counter: AtomicUsize::new(0), bin, data, log: dir.join("postgres.log"), options };
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
             let mut conn = AsyncPgConnection::establish(&cluster.url("postgres")).await.expect("connect to PostgreSQL");
@@ -663,5 +687,88 @@ impl PgCluster {
             .await
             .expect("create test database");
         self.url(&name)
+    }
+}
+
+/// The `agenda` binary as a process of its own, serving a database on a
+/// port it keeps across restarts; killed (SIGKILL) when dropped. It is the
+/// release build when `AGENDA_TEST_BINARY` names one (scripts/test builds
+/// it), else the test build's.
+pub struct Process {
+    child: Option<std::process::Child>,
+    database_url: String,
+    port: u16,
+    env: Vec<(String, String)>,
+    channel: Channel,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Process {
+    /// The binary serving `database_url`, once it answers health checks.
+    pub async fn start(database_url: &str) -> Process {
+        Process::start_with(database_url, &[]).await
+    }
+
+    /// [`Process::start`] with more environment variables.
+    pub async fn start_with(database_url: &str, env: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint").connect_lazy();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut process = Process { child: None, database_url: database_url.to_string(), port, env, channel };
+        process.restart().await;
+        process
+    }
+
+    /// A channel to it; it reconnects after a restart.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Kills it with SIGKILL (no drain, no flush) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (after [`Process::kill`]) on the same port and
+    /// database, and waits until it answers health checks.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let binary = std::env::var("AGENDA_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_agenda").to_string());
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .env("AGENDA_DATABASE_URL", &self.database_url)
+            .env("AGENDA_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("AGENDA_METRICS_LISTEN", "127.0.0.1:0")
+            .env("AGENDA_AUTH_HS256_SECRET", SECRET)
+            .env("AGENDA_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("start agenda"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        loop {
+            let check = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() });
+            if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(1), check).await
+                && answer.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "agenda did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -18,6 +18,7 @@ on_both_backends!(
     an_oversized_request_is_resource_exhausted,
     a_deadline_ends_the_call_and_its_query,
     overload_is_shed_while_health_and_reflection_answer,
+    a_flooding_tenant_is_held_to_its_share_while_others_are_served,
     tls_serves_and_reloads_changed_certificates,
     mtls_requires_a_client_certificate_from_the_ca,
     connections_past_their_age_finish_calls_within_the_grace,
@@ -251,7 +252,8 @@ async fn overload_is_shed_while_health_and_reflection_answer(backend: Backend) {
     blocker.wait_for_waiters(1).await;
 
     let status = contacts.create_contact(create("one too many")).await.unwrap_err();
-    assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    let info = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some("server"));
     let mut health = HealthClient::new(app.channel.clone());
     let serving = health.check(HealthCheckRequest { service: String::new() }).await.expect("health answers");
     assert_eq!(serving.into_inner().status, ServingStatus::Serving as i32);
@@ -275,6 +277,43 @@ async fn overload_is_shed_while_health_and_reflection_answer(backend: Backend) {
             &[("grpc_method", "CreateContact"), ("grpc_code", "ResourceExhausted")]
         ) >= 1.0
     );
+}
+
+/// A tenant with as many calls running as it may gets the next shed at once,
+/// as its own (`scope: tenant`, with a retry delay), while another tenant
+/// is served; once its calls end, it is served again.
+async fn a_flooding_tenant_is_held_to_its_share_while_others_are_served(backend: Backend) {
+    let app = spawn(backend, |o| {
+        o.max_concurrent_calls = Some(64);
+        o.tenant_max_concurrent_calls = Some(2);
+    })
+    .await;
+    let mut quiet = app.contacts("quiet-tenant");
+    let mine = quiet.create_contact(create("quiet")).await.expect("create").into_inner().id;
+    let mut flood = app.contacts("flooding-tenant");
+    let theirs = flood.create_contact(create("warm-up")).await.expect("create").into_inner().id;
+    // The flooding tenant's two places are taken by writes waiting on a lock.
+    let mut blocker = Blocker::hold(&app).await;
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let mut flood = flood.clone();
+            tokio::spawn(async move { flood.create_contact(create(&format!("held {i}"))).await })
+        })
+        .collect();
+    blocker.wait_for_waiters(1).await;
+    let get = |id: &str| GetContactRequest { id: id.to_string(), read_mask: None };
+    let status = flood.get_contact(get(&theirs)).await.expect_err("a third call of the tenant");
+    let info = assert_error(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some("tenant"));
+    assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_some(), "no RetryInfo");
+    for _ in 0..5 {
+        quiet.get_contact(get(&mine)).await.expect("the other tenant is served");
+    }
+    blocker.release().await;
+    for call in held {
+        call.await.expect("task").expect("the admitted calls finish");
+    }
+    flood.get_contact(get(&theirs)).await.expect("the tenant is served again");
 }
 
 /// A test certificate authority.

@@ -3,65 +3,16 @@
 //! was cut. PostgreSQL only: an embedded SQLite file is one process's, and
 //! its feed is signalled in-process (the other tests cover it).
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
+use crate::helpers::{Backend, Process, changes_on, contacts_on, enabled, postgres, spawn_app_with};
 use agenda::api::{Contact, CreateContactRequest, WatchChangesRequest};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tonic::transport::Channel;
-
-use crate::helpers::{Backend, SECRET, changes_on, contacts_on, enabled, free_port, postgres, spawn_app_with};
 
 fn create(name: &str) -> CreateContactRequest {
     CreateContactRequest {
         contact: Some(Contact { display_name: name.into(), ..Default::default() }),
         request_id: String::new(),
-    }
-}
-
-/// The `agenda` binary serving `database_url`; killed when dropped.
-struct Process {
-    child: Child,
-    channel: Option<Channel>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(database_url: &str) -> Process {
-    let (port, metrics) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_agenda"))
-        .arg("serve")
-        .env("AGENDA_DATABASE_URL", database_url)
-        .env("AGENDA_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AGENDA_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
-        .env("AGENDA_AUTH_HS256_SECRET", SECRET)
-        .env("AGENDA_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agenda");
-    let mut process = Process { child, channel: None };
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(channel) = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
-                process.channel = Some(channel);
-                return process;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "agenda did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -72,14 +23,13 @@ async fn a_write_through_one_process_reaches_a_watcher_on_another() {
         return;
     }
     let url = postgres().new_database().await;
-    let (first, second) = (serve(&url).await, serve(&url).await);
-    let channel = |p: &Process| p.channel.clone().expect("connected");
-    let mut watcher = changes_on(channel(&second), "t1")
+    let (first, second) = (Process::start(&url).await, Process::start(&url).await);
+    let mut watcher = changes_on(second.channel(), "t1")
         .watch_changes(WatchChangesRequest::default())
         .await
         .expect("watch")
         .into_inner();
-    let mut writer = contacts_on(channel(&first), "t1");
+    let mut writer = contacts_on(first.channel(), "t1");
     for name in ["A", "B", "C"] {
         writer.create_contact(create(name)).await.expect("create");
     }

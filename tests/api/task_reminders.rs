@@ -4,18 +4,14 @@
 //! when written fires at once; and replicas on one database send each
 //! reminder once. Reminders here fall due a second or two after the write.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use agenda::api::{self, Change, ChangeKind, DeleteTaskRequest, ResourceType, Task};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::helpers::{
-    Backend, Changes, SECRET, at, changes_of, changes_on, complete, create_task, enabled, free_port, get_task,
-    postgres, spawn_app, task_patch, tasks_on, titled, update_task,
+    Backend, Changes, Process, at, changes_of, changes_on, complete, create_task, enabled, get_task, postgres,
+    spawn_app, task_patch, tasks_on, titled, update_task,
 };
 
 on_both_backends!(
@@ -181,56 +177,6 @@ async fn a_reminder_already_due_fires_at_once(backend: Backend) {
 // ---------------------------------------------------------------------------
 // Two processes on one PostgreSQL database (as in replicas.rs).
 
-/// The `agenda` binary serving `database_url`; killed when dropped.
-struct Process {
-    child: Child,
-    channel: Option<Channel>,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn channel(&self) -> Channel {
-        self.channel.clone().expect("connected")
-    }
-}
-
-async fn serve(database_url: &str) -> Process {
-    let (port, metrics) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_agenda"))
-        .arg("serve")
-        .env("AGENDA_DATABASE_URL", database_url)
-        .env("AGENDA_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AGENDA_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
-        .env("AGENDA_AUTH_HS256_SECRET", SECRET)
-        .env("AGENDA_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start agenda");
-    let mut process = Process { child, channel: None };
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(channel) = Channel::from_shared(endpoint.clone()).expect("endpoint").connect().await {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            if health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok() {
-                process.channel = Some(channel);
-                return process;
-            }
-        }
-        assert!(Instant::now() < deadline, "agenda did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_send_each_reminder_once() {
     if !enabled(Backend::Postgres) {
@@ -238,7 +184,7 @@ async fn two_replicas_send_each_reminder_once() {
         return;
     }
     let url = postgres().new_database().await;
-    let (first, second) = (serve(&url).await, serve(&url).await);
+    let (first, second) = (Process::start(&url).await, Process::start(&url).await);
     let mut writers = [tasks_on(first.channel(), "t1"), tasks_on(second.channel(), "t1")];
     let due = soon(0);
     let mut ids = Vec::new();
