@@ -82,6 +82,16 @@ fn parse_rule(check: &mut Check, rule: &str, deadline: Option<i64>, zone: Option
         );
         return;
     };
+    // RFC 5545 rules are ASCII; the rrule crate slices its parts by byte
+    // and panics inside a multi-byte character (found by fuzzing).
+    if !rule.is_ascii() {
+        check.fail(
+            "recurrence",
+            Reason::FieldInvalid,
+            format!("{path} is not a valid RFC 5545 RRULE: it holds a character outside ASCII."),
+        );
+        return;
+    }
     let start = match (zone, Utc.timestamp_micros(deadline).single()) {
         (Some(zone), Some(utc)) => utc.with_timezone(&Tz::Tz(zone)),
         _ => return,

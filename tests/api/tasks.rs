@@ -323,11 +323,17 @@ async fn invalid_tasks_are_refused_field_by_field_and_change_nothing(backend: Ba
         (Task { alert_minutes: -1, ..titled("A") }, "FIELD_INVALID", "task.alert_minutes"),
         (Task { time_zone: "Mars/Olympus".into(), ..titled("A") }, "FIELD_INVALID", "task.time_zone"),
         (
-            Task { recurrence: "FREQ=SOMETIMES".into(), deadline: due, ..titled("A") },
+            Task { recurrence: "FREQ=SOMETIMES".into(), deadline: due.clone(), ..titled("A") },
             "FIELD_INVALID",
             "task.recurrence",
         ),
         (Task { recurrence: "FREQ=WEEKLY;BYDAY=MO".into(), ..titled("A") }, "FIELD_INVALID", "task.recurrence"),
+        // Found by fuzzing: the RRULE parser panicked inside a multi-byte character.
+        (
+            Task { recurrence: "FREQ=DAILY;BYDAY=.\u{50d}z".into(), deadline: due, ..titled("A") },
+            "FIELD_INVALID",
+            "task.recurrence",
+        ),
         (Task { status: api::Status::Completed as i32, ..titled("A") }, "FIELD_INVALID", "task.status"),
         (Task { category_id: ghost.clone(), ..titled("A") }, "FIELD_INVALID", "task.category_id"),
         (Task { contact_id: theirs.clone(), ..titled("A") }, "FIELD_INVALID", "task.contact_id"),
