@@ -323,7 +323,7 @@ async fn invalid_tasks_are_refused_field_by_field_and_change_nothing(backend: Ba
         (Task { alert_minutes: -1, ..titled("A") }, "FIELD_INVALID", "task.alert_minutes"),
         (Task { time_zone: "Mars/Olympus".into(), ..titled("A") }, "FIELD_INVALID", "task.time_zone"),
         (
-            Task { recurrence: "FREQ=SOMETIMES".into(), deadline: due.clone(), ..titled("A") },
+            Task { recurrence: "FREQ=SOMETIMES".into(), deadline: due, ..titled("A") },
             "FIELD_INVALID",
             "task.recurrence",
         ),
