@@ -279,7 +279,8 @@ pub fn reminder_at(meta: &Meta, fields: &ActivityFields) -> Option<i64> {
 /// the rule has no more (COUNT, UNTIL) or the task does not recur.
 pub fn next_deadline(fields: &ActivityFields) -> Option<i64> {
     let (rule, start, due) = (&fields.task.recurrence, fields.task.recurrence_start?, fields.due_time?);
-    if rule.is_empty() {
+    // A stored rule passed parse_rule; outside ASCII the rrule crate panics.
+    if rule.is_empty() || !rule.is_ascii() {
         return None;
     }
     let zone = Tz::Tz(zone(&fields.task.time_zone)?);

@@ -15,7 +15,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl as _};
 use prost_types::{FieldMask, Value, value::Kind};
 use tonic::{Code, Streaming};
 
-use crate::helpers::{Backend, Changes, Contacts, TestApp, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, Changes, Contacts, TestApp, all_changes, assert_error, spawn_app, spawn_app_with};
 
 /// Sequences only grow (on SQLite they are 1, 2, 3, …; on PostgreSQL they
 /// come from transaction ids and have gaps).
@@ -51,25 +51,6 @@ fn rename(id: &str, name: &str) -> UpdateContactRequest {
         update_mask: Some(FieldMask { paths: vec!["display_name".into()] }),
         allow_missing: false,
         comment: None,
-    }
-}
-
-/// Every stored change of the client's tenant after `after`.
-async fn all_changes(changes: &mut Changes, after: i64) -> Vec<Change> {
-    let mut out = Vec::new();
-    let mut start_after = after;
-    loop {
-        let page = changes
-            .list_changes(ListChangesRequest { start_after, page_size: 1000, ..Default::default() })
-            .await
-            .expect("list changes")
-            .into_inner();
-        let done = page.changes.is_empty();
-        out.extend(page.changes);
-        if done || page.next_start_after == start_after {
-            return out;
-        }
-        start_after = page.next_start_after;
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
 
 use agenda::api::{
     Activity, AddParticipantRequest, BatchCreateContactsRequest, CompleteTaskRequest, Contact, CreateActivityRequest,
-    CreateContactRequest, CreateTaskRequest, GetActivityRequest, GetContactRequest, GetTaskRequest, ListChangesRequest,
+    CreateContactRequest, CreateTaskRequest, GetActivityRequest, GetContactRequest, GetTaskRequest,
     ListContactsRequest, Task, UpdateActivityRequest, UpdateContactRequest,
 };
 use prost_types::FieldMask;
@@ -26,7 +26,8 @@ use rand::Rng;
 use tonic::{Code, Request, transport::Channel};
 
 use crate::helpers::{
-    Activities, Backend, Contacts, Process, Tasks, activities_on, changes_on, contacts_on, postgres, tasks_on,
+    Activities, Backend, Contacts, Process, Tasks, activities_on, all_changes, changes_on, contacts_on, postgres,
+    tasks_on,
 };
 
 on_both_backends!(acknowledged_writes_survive_kill_9);
@@ -426,24 +427,13 @@ async fn verify(channel: &Channel, mut ledger: Ledger) {
     }
     // The feed: one Change per committed revision, none missing, none twice,
     // in sequence order.
-    let mut changes = changes_on(channel.clone(), TENANT);
+    let feed = all_changes(&mut changes_on(channel.clone(), TENANT), 0).await;
     let mut revisions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let (mut start_after, mut last) = (0, 0);
-    loop {
-        let page = changes
-            .list_changes(ListChangesRequest { start_after, page_size: 1000, ..Default::default() })
-            .await
-            .expect("list changes")
-            .into_inner();
-        for change in &page.changes {
-            assert!(change.sequence > last, "sequences out of order");
-            last = change.sequence;
-            revisions.entry(change.resource_id.clone()).or_default().push(change.revision);
-        }
-        if page.changes.is_empty() {
-            break;
-        }
-        start_after = page.next_start_after;
+    let mut last = 0;
+    for change in &feed {
+        assert!(change.sequence > last, "sequences out of order");
+        last = change.sequence;
+        revisions.entry(change.resource_id.clone()).or_default().push(change.revision);
     }
     for (id, seen) in &revisions {
         let expected: Vec<i64> = (1..=seen.len() as i64).collect();

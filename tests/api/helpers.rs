@@ -148,6 +148,25 @@ pub fn changes_on(channel: Channel, tenant: &str) -> Changes {
     ChangeServiceClient::with_interceptor(channel, bearer)
 }
 
+/// Every stored change of the client's tenant after `after`.
+pub async fn all_changes(changes: &mut Changes, after: i64) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut start_after = after;
+    loop {
+        let page = changes
+            .list_changes(ListChangesRequest { start_after, page_size: 1000, ..Default::default() })
+            .await
+            .expect("list changes")
+            .into_inner();
+        let done = page.changes.is_empty();
+        out.extend(page.changes);
+        if done || page.next_start_after == start_after {
+            return out;
+        }
+        start_after = page.next_start_after;
+    }
+}
+
 /// A contact client on `channel` for `tenant` with the contact scopes.
 pub fn contacts_on(channel: Channel, tenant: &str) -> Contacts {
     let bearer = Bearer(Some(format!("Bearer {}", token(tenant, "contacts.write")).parse().expect("ascii token")));
